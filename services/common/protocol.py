@@ -1,0 +1,201 @@
+"""Wire protocol v1 (`shared/protocol.md`): every frame, error code and close code.
+
+Client frames are parsed once at the edge with `parse_client_frame`; the core only
+ever sees these models.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class CloseCode(IntEnum):
+    GOING_AWAY = 1001
+    TOO_BIG = 1009
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    TOO_SLOW = 4008
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    STREAM_EXPIRED = "stream_expired"
+    BUSY = "busy"
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    INTERNAL = "internal"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class MessageStatus(StrEnum):
+    PENDING = "pending"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# --- client -> server ----------------------------------------------------------------
+
+
+class ChatFrame(_Frame):
+    type: Literal["chat"]
+    text: str = Field(min_length=1)
+    client_msg_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class ResumeFrame(_Frame):
+    type: Literal["resume"]
+    message_id: str = Field(min_length=1, max_length=128)
+    after_seq: int = Field(default=0, ge=0)
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+    message_id: str = Field(min_length=1, max_length=128)
+
+
+class HistoryRequestFrame(_Frame):
+    type: Literal["history"]
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+    ts: Any = None
+
+
+ClientFrame = Annotated[
+    ChatFrame | ResumeFrame | CancelFrame | HistoryRequestFrame | PingFrame,
+    Field(discriminator="type"),
+]
+_client_frame_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+class FrameError(Exception):
+    """A client frame that is not valid protocol; the message is safe to show."""
+
+
+def parse_client_frame(raw: str | bytes) -> ClientFrame:
+    """Parse one text frame into its model.
+
+    Raises FrameError for binary frames, invalid JSON, a missing or unknown `type`
+    and fields of the wrong type.
+    """
+    if isinstance(raw, bytes):
+        raise FrameError("binary frames are not supported; send JSON text frames")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise FrameError(f"invalid JSON: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise FrameError("a frame must be a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise FrameError("missing or non-string 'type'")
+    if kind not in _CLIENT_TYPES:
+        raise FrameError(f"unknown type {kind!r}")
+    try:
+        return _client_frame_adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
+        raise FrameError(f"{where}: {first['msg']}") from exc
+
+
+_CLIENT_TYPES = frozenset({"chat", "resume", "cancel", "history", "ping"})
+
+
+# --- server -> client ----------------------------------------------------------------
+
+
+class StreamInfo(BaseModel):
+    message_id: str
+    last_seq: int
+    status: MessageStatus
+
+
+class WelcomeFrame(BaseModel):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    session_id: str
+    user_id: str
+    node_id: str
+    server_time: str
+    streams: list[StreamInfo]
+
+
+class AckFrame(BaseModel):
+    type: Literal["ack"] = "ack"
+    client_msg_id: str | None
+    message_id: str
+
+
+class ChunkFrame(BaseModel):
+    type: Literal["chunk"] = "chunk"
+    message_id: str
+    seq: int
+    delta: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class DoneFrame(BaseModel):
+    type: Literal["done"] = "done"
+    message_id: str
+    last_seq: int
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class HistoryItem(BaseModel):
+    message_id: str
+    role: Literal["user", "assistant"]
+    text: str
+    created_at: str
+
+
+class HistoryFrame(BaseModel):
+    type: Literal["history"] = "history"
+    session_id: str
+    messages: list[HistoryItem]
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    client_msg_id: str | None = None
+    message_id: str | None = None
+    retry_after: float | None = None
+
+
+class PongFrame(BaseModel):
+    type: Literal["pong"] = "pong"
+    ts: Any = None
+
+
+def encode(frame: BaseModel) -> str:
+    """Serialise a server frame, leaving out optional fields that do not apply."""
+    return frame.model_dump_json(exclude_none=isinstance(frame, ErrorFrame))

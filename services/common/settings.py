@@ -1,0 +1,94 @@
+"""All settings of every service, read once from the environment and `.env`.
+
+Names match `.env.example`. Build a `Settings()` at the edge (the ASGI entry or a
+test) and pass it down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings shared by the gateway and the worker (each uses its part)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- identity and logging -------------------------------------------------
+    node_id: str = Field(default_factory=socket.gethostname, description="NODE_ID")
+    log_level: str = "INFO"
+
+    # --- Redis -----------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = ""
+    """Prepended to every Redis key and channel; tests use a random one."""
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_enabled: bool = True
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = "chat.events"
+    kafka_idempotence: bool = False
+    """Tansu's memory storage refuses InitProducerId, so this is off for local runs."""
+    kafka_buffer_max: int = 10_000
+    """Events kept while Kafka is down; the overflow is counted and logged."""
+
+    # --- auth and wire limits ----------------------------------------------------
+    jwt_secret: str = "change-me-in-production"
+    auth_dev_mode: bool = False
+    allowed_origins: str = "http://localhost:3000,http://127.0.0.1:3000"
+    """Comma-separated; `*` allows any Origin. Requests without Origin are allowed."""
+    max_frame_bytes: int = 65_536
+    max_prompt_chars: int = 8_000
+    chat_rate_per_minute: int = 30
+    """Chats one connection may start per minute (token bucket)."""
+
+    # --- sessions and history -----------------------------------------------------
+    cache_l1_max_size: int = 10_000
+    cache_l1_expire_write: float = 30.0
+    """Seconds a session record stays in the in-process cache after it was loaded."""
+    cache_l2_ttl: int = 86_400
+    """Seconds a session record lives in Redis after it was last seen."""
+    history_max: int = 200
+    history_context_messages: int = 20
+    """Messages of history given to the model as context."""
+
+    # --- streams -------------------------------------------------------------------
+    stream_cache_ttl: int = 600
+    stream_max_pending_chunks: int = 1_000
+    stream_backpressure_delay: float = 0.5
+    """Seconds a client whose queue is full gets to drain it before it is closed with 4008."""
+    stream_recovery_timeout: float = 20.0
+    """Seconds without progress after which an answer ends with `upstream_unavailable`."""
+    message_meta_ttl: int = 86_400
+    lease_ttl_ms: int = 3_000
+    """A worker's lease on a message; renewed every third of it while generating."""
+    stall_check_interval: float = 1.0
+    """How often a gateway looks for followed streams nobody is generating."""
+
+    # --- gateway -> worker -------------------------------------------------------------
+    worker_url: str = "http://127.0.0.1:8081"
+    """The internal nginx listener in front of the `ai_worker` upstream."""
+    shutdown_timeout: float = 10.0
+
+    # --- worker ----------------------------------------------------------------------------
+    model_provider: Literal["simulated", "openai"] = "simulated"
+    batch_flush_ms: float = 25.0
+    batch_max_tokens: int = 16
+    sim_tokens_per_second: float = 40.0
+    sim_seed: int = 0
+    sim_min_tokens: int = 60
+    sim_max_tokens: int = 300
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = ""
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout: float = 60.0
+    worker_drain_timeout: float = 20.0
+    """On SIGTERM a worker finishes in-flight answers for this long, then hands them over."""
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
