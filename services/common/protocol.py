@@ -104,7 +104,7 @@ def parse_client_frame(raw: str | bytes) -> ClientFrame:
         raise FrameError("binary frames are not supported; send JSON text frames")
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise FrameError(f"invalid JSON: {exc.msg}") from exc
     if not isinstance(data, dict):
         raise FrameError("a frame must be a JSON object")

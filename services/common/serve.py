@@ -26,7 +26,7 @@ def serve(factory: str, default_port: int) -> None:
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",
         ws_per_message_deflate=False,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=20.0,

@@ -1,0 +1,242 @@
+"""One answer being generated: lease, continue after the cached seq, batch, append, finish.
+
+A generation runs in a task the worker owns, not in the HTTP request that asked for
+it, so it finishes even when the gateway that called goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from services.ai_worker.batcher import TokenBatcher, batch_events
+from services.ai_worker.metrics import WorkerMetrics
+from services.ai_worker.providers.base import (
+    ChatTurn,
+    Finish,
+    GenerationRequest,
+    ModelProvider,
+    ProviderError,
+)
+from services.common.logging import message_id_var, session_id_var
+from services.common.message_store import (
+    AppendOutcome,
+    MessageMeta,
+    MessageStore,
+    user_item_id,
+)
+from services.common.protocol import FinishReason, MessageStatus, Usage
+from services.common.settings import Settings
+from services.common.streams import ChunkEntry, DoneEntry
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How a generation ended, as reported to the gateway."""
+
+    DONE = "done"
+    """The final record is written (by us or earlier)."""
+    LEASED = "leased"
+    """Another worker holds the lease."""
+    LOST = "lost"
+    """We lost the lease mid-answer; whoever holds it now continues."""
+    FAILED = "failed"
+    """The provider failed; the lease is released so another try can continue."""
+    HANDED_OVER = "handed_over"
+    """This worker is shutting down; the lease is released for another worker."""
+    NOT_FOUND = "not_found"
+
+
+@dataclass
+class Progress:
+    """What listeners of a generation see; `changed` fires on every update."""
+
+    last_seq: int = 0
+    outcome: Outcome | None = None
+    detail: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def update(
+        self, *, last_seq: int | None = None, outcome: Outcome | None = None, detail: str = ""
+    ) -> None:
+        if last_seq is not None:
+            self.last_seq = last_seq
+        if outcome is not None:
+            self.outcome, self.detail = outcome, detail
+        self.changed.set()
+
+
+class Generation:
+    """Generates `message_id` under a lease; `run()` never raises except on cancellation."""
+
+    def __init__(
+        self,
+        message_id: str,
+        *,
+        store: MessageStore,
+        provider: ModelProvider,
+        settings: Settings,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.message_id = message_id
+        self.progress = Progress()
+        self._store = store
+        self._provider = provider
+        self._settings = settings
+        self._metrics = metrics
+        self._token: str | None = None
+        self.finished_with: tuple[str, FinishReason, Usage] | None = None
+        """(session_id, reason, usage) when this generation wrote the final record."""
+
+    async def run(self) -> None:
+        message_id_var.set(self.message_id)
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await self._release()
+            self.progress.update(outcome=Outcome.HANDED_OVER)
+            raise
+        except ProviderError as exc:
+            log.warning("provider failed; releasing the lease", extra={"detail": str(exc)})
+            self._metrics.provider_errors.inc()
+            await self._release()
+            self.progress.update(outcome=Outcome.FAILED, detail=str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the gateway, which retries
+            log.exception("generation failed")
+            await self._release()
+            self.progress.update(outcome=Outcome.FAILED, detail=repr(exc))
+
+    async def _release(self) -> None:
+        if self._token is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._store.release_lease(self.message_id, self._token))
+            self._token = None
+
+    async def _run(self) -> None:
+        meta = await self._store.meta(self.message_id)
+        if meta is None:
+            self.progress.update(outcome=Outcome.NOT_FOUND)
+            return
+        session_id_var.set(meta.session_id)
+        if meta.status == MessageStatus.DONE:
+            self.progress.update(last_seq=meta.last_seq, outcome=Outcome.DONE)
+            return
+        self._token = await self._store.acquire_lease(self.message_id, self._settings.lease_ttl_ms)
+        if self._token is None:
+            self.progress.update(outcome=Outcome.LEASED)
+            return
+        async with asyncio.TaskGroup() as tg:
+            renewer = tg.create_task(self._renew_lease(), name=f"lease-{self.message_id}")
+            try:
+                await self._generate(meta)
+            finally:
+                renewer.cancel()
+
+    async def _renew_lease(self) -> None:
+        ttl = self._settings.lease_ttl_ms
+        while self._token is not None:
+            await asyncio.sleep(ttl / 3000)
+            token = self._token
+            if token is None or not await self._store.renew_lease(self.message_id, token, ttl):
+                return
+
+    async def _generate(self, meta: MessageMeta) -> None:
+        assert self._token is not None
+        token = self._token
+        text, last_seq, done = await self._cached(meta)
+        if done is not None:
+            self.progress.update(last_seq=done.last_seq, outcome=Outcome.DONE)
+            return
+        if last_seq:
+            self._metrics.takeovers.inc()
+            log.info("continuing after cached seq", extra={"detail": last_seq})
+        self.progress.update(last_seq=last_seq)
+        reason, usage = FinishReason.STOP, Usage(completion_tokens=meta.completion_tokens)
+        if await self._store.is_cancelled(self.message_id):
+            reason = FinishReason.CANCELLED
+        else:
+            request = GenerationRequest(
+                message_id=self.message_id,
+                prompt=meta.prompt,
+                history=await self._history(meta),
+                text_so_far=text,
+            )
+            batcher = TokenBatcher(self._settings.batch_flush_ms, self._settings.batch_max_tokens)
+            events = batch_events(self._provider.stream(request), batcher)
+            try:
+                async for item in events:
+                    if isinstance(item, Finish):
+                        reason = item.reason
+                        usage = Usage(
+                            prompt_tokens=item.prompt_tokens,
+                            completion_tokens=meta.completion_tokens + item.completion_tokens,
+                        )
+                        continue
+                    outcome = await self._store.append_chunk(
+                        self.message_id,
+                        meta.session_id,
+                        token=token,
+                        seq=last_seq + 1,
+                        delta=item,
+                        tokens=_estimate_tokens(item),
+                    )
+                    if outcome == AppendOutcome.LOST:
+                        self._token = None
+                        self.progress.update(outcome=Outcome.LOST)
+                        return
+                    if outcome == AppendOutcome.CANCELLED:
+                        reason = FinishReason.CANCELLED
+                        break
+                    last_seq += 1
+                    text += item
+                    self._metrics.chunks.inc()
+                    self.progress.update(last_seq=last_seq)
+            finally:
+                await events.aclose()
+        finished = await self._store.finish(
+            self.message_id,
+            meta.session_id,
+            token=token,
+            last_seq=last_seq,
+            text=text,
+            reason=reason,
+            usage=usage,
+        )
+        self._token = None
+        self.finished_with = (meta.session_id, reason, usage)
+        self._metrics.finished.labels(reason.value).inc()
+        log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})
+        self.progress.update(last_seq=last_seq, outcome=Outcome.DONE)
+
+    async def _cached(self, meta: MessageMeta) -> tuple[str, int, DoneEntry | None]:
+        """The text and last seq already in the chunk cache (non-empty after a takeover)."""
+        parts: list[str] = []
+        last_seq = 0
+        for entry in await self._store.read_entries(self.message_id):
+            if isinstance(entry, ChunkEntry):
+                parts.append(entry.delta)
+                last_seq = entry.seq
+            else:
+                return "".join(parts), last_seq, entry
+        return "".join(parts), last_seq, None
+
+    async def _history(self, meta: MessageMeta) -> list[ChatTurn]:
+        """Earlier turns of the session, bounded, without this message's own prompt."""
+        limit = self._settings.history_context_messages
+        items = await self._store.history(meta.session_id, limit + 1)
+        own = user_item_id(self.message_id)
+        turns: list[ChatTurn] = []
+        for item in items:
+            if item.message_id in (own, self.message_id):
+                break
+            turns.append(ChatTurn(role=item.role, content=item.text))
+        return turns[-limit:]
+
+
+def _estimate_tokens(text: str) -> int:
+    """Providers report usage only at the end; this keeps a running count across takeovers."""
+    return max(1, len(text.split()))

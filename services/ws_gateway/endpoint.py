@@ -1,0 +1,89 @@
+"""`/ws/chat`: the handshake checks (Origin, session id, token, owner), then the connection."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from starlette.websockets import WebSocket
+
+from services.common.events import ChatEvent, EventType
+from services.common.logging import session_id_var
+from services.common.protocol import (
+    SESSION_ID_PATTERN,
+    CloseCode,
+    ErrorCode,
+    ErrorFrame,
+    WelcomeFrame,
+    encode,
+)
+from services.ws_gateway.auth import AuthError, authenticate, token_from_subprotocols
+from services.ws_gateway.connection import Connection
+from services.ws_gateway.context import NodeContext
+from services.ws_gateway.sessions import Forbidden
+
+log = logging.getLogger(__name__)
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+
+def chat_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/ws/chat")
+    async def chat(ws: WebSocket) -> None:
+        ctx: NodeContext = ws.app.state.ctx
+        settings = ctx.settings
+        origin = ws.headers.get("origin")
+        if origin is not None and "*" not in settings.origins and origin not in settings.origins:
+            log.info("refused a foreign origin", extra={"detail": origin})
+            await ws.close(code=1008)  # before accept: the handshake fails with HTTP 403
+            return
+        subprotocol_token = token_from_subprotocols(ws.scope.get("subprotocols", []))
+        await ws.accept(subprotocol="bearer" if subprotocol_token else None)
+        session_id = ws.query_params.get("session_id", "")
+        if not _SESSION_ID.match(session_id):
+            await ws.send_text(encode(ErrorFrame(
+                code=ErrorCode.BAD_REQUEST,
+                message="session_id: 1-64 characters of [A-Za-z0-9_-]")))
+            await ws.close(code=1008)
+            return
+        session_id_var.set(session_id)
+        try:
+            user_id = authenticate(
+                subprotocol_token or ws.query_params.get("token"),
+                ws.query_params.get("user_id"), secret=settings.jwt_secret,
+                dev_mode=settings.auth_dev_mode)
+        except AuthError as exc:
+            log.info("refused a token", extra={"detail": str(exc)})
+            await ws.close(code=CloseCode.UNAUTHORIZED, reason=str(exc)[:120])
+            return
+        try:
+            _, created = await ctx.sessions.open(session_id, user_id)
+        except Forbidden:
+            log.info("refused another user's session", extra={"user_id": user_id})
+            await ws.close(code=CloseCode.FORBIDDEN, reason="session belongs to another user")
+            return
+        if created:
+            await ctx.notifier.session_changed(session_id)
+            ctx.publisher.publish(ChatEvent(
+                type=EventType.SESSION_OPENED, session_id=session_id, user_id=user_id,
+                node_id=settings.node_id))
+        conn = Connection(ws, ctx, session_id, user_id)
+        # Join before listing streams, so an answer starting now is listed or pushed.
+        await ctx.notifier.join(session_id)
+        ctx.hub.add(session_id, conn)
+        ctx.metrics.connections.inc()
+        try:
+            welcome = WelcomeFrame(
+                session_id=session_id, user_id=user_id, node_id=settings.node_id,
+                server_time=datetime.now(UTC).isoformat(),
+                streams=await ctx.store.session_streams(session_id))
+            await conn.run(welcome)
+        finally:
+            ctx.metrics.connections.dec()
+            ctx.hub.remove(session_id, conn)
+            ctx.notifier.leave(session_id)
+
+    return router
