@@ -125,7 +125,8 @@ class Generation:
         if meta.status == MessageStatus.DONE:
             self.progress.update(last_seq=meta.last_seq, outcome=Outcome.DONE)
             return
-        self._token = await self._store.acquire_lease(self.message_id, self._settings.lease_ttl_ms)
+        self._token = await self._store.acquire_lease(
+            self.message_id, self._settings.lease_ttl_ms, self._settings.node_id)
         if self._token is None:
             self.progress.update(outcome=Outcome.LEASED)
             return

@@ -20,7 +20,7 @@ def chunk_entry_id(seq: int) -> str:
 def seq_of_entry_id(entry_id: str) -> int:
     """The seq of a chunk entry id; raises ValueError for anything else."""
     ms, _, seq = entry_id.partition("-")
-    if ms != "0" or not seq:
+    if ms != "0" or not seq.isascii() or not seq.isdigit():
         raise ValueError(f"not a chunk entry id: {entry_id!r}")
     return int(seq)
 

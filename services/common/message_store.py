@@ -266,9 +266,10 @@ class MessageStore:
 
     # --- worker side -------------------------------------------------------------------
 
-    async def acquire_lease(self, message_id: str, ttl_ms: int) -> str | None:
-        """Take the message's lease; returns its token, or None if another worker holds it."""
-        token = uuid.uuid4().hex
+    async def acquire_lease(self, message_id: str, ttl_ms: int, holder: str) -> str | None:
+        """Take the message's lease; returns its token (`holder:random`, so operators can
+        see which node generates), or None if another worker holds it."""
+        token = f"{holder}:{uuid.uuid4().hex[:12]}"
         ok = await self._r.set(self._k.message_lease(message_id), token, nx=True, px=ttl_ms)
         return token if ok else None
 

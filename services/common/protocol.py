@@ -106,6 +106,9 @@ def parse_client_frame(raw: str | bytes) -> ClientFrame:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise FrameError(f"invalid JSON: {exc.msg}") from exc
+    except (ValueError, RecursionError) as exc:
+        # Absurd nesting or number literals: valid JSON in theory, refused here.
+        raise FrameError("invalid JSON: too deeply nested or a number too long") from exc
     if not isinstance(data, dict):
         raise FrameError("a frame must be a JSON object")
     kind = data.get("type")

@@ -54,6 +54,13 @@ def done_fields(
 
 def decode_entry(entry_id: str, fields: Fields) -> StreamEntry:
     """Decode one stream entry; raises ValueError for an entry of unknown shape."""
+    try:
+        return _decode(entry_id, fields)
+    except KeyError as exc:
+        raise ValueError(f"stream entry {entry_id} lacks field {exc}") from exc
+
+
+def _decode(entry_id: str, fields: Fields) -> StreamEntry:
     if entry_id == DONE_ENTRY_ID:
         error = fields.get("error")
         return DoneEntry(

@@ -33,7 +33,7 @@ def authenticate(token: str | None, user_id_param: str | None, *, secret: str,
         user_id = claims["sub"]
         if not isinstance(user_id, str):
             raise AuthError("invalid token: sub must be a string")
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise AuthError("invalid user id")
     return user_id
 

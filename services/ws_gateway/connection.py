@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 #: Messages a connection remembers having followed, so a late "started" notice for
 #: an answer it already received is not replayed.
 SEEN_MAX = 256
+CLOSE_TIMEOUT_S = 10.0
 
 
 class ClientError(Exception):
@@ -111,8 +112,11 @@ class Connection:
                 self.ctx.relay.unsubscribe(mid, self)
             self._follows.clear()
         if self._closing.is_set():
+            # A client that stopped reading also blocks the close frame; give it a while
+            # to read what is queued, then let the server drop the socket.
             with contextlib.suppress(Exception):
-                await self.ws.close(self._close_code)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.ws.close(self._close_code)
 
     def _follow_tasks(self) -> list[asyncio.Task[None]]:
         tasks = [f.task for f in self._follows.values() if f.task is not None]

@@ -34,6 +34,8 @@ class Outbox:
                 self._frames.clear()
                 return False
         self._frames.append(frame)
+        if len(self._frames) >= self.limit and self._full_since is None:
+            self._full_since = now
         return True
 
     def check(self, now: float) -> bool:

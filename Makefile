@@ -1,0 +1,49 @@
+# The two commands: `make deploy`, then `make test`. See README.md.
+# GATEWAYS, WORKERS and STICKY (ip_hash | consistent) are read by `python -m deploy`.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Reinstall only when pyproject.toml changed since the last install.
+STAMP  := $(VENV)/.installed
+
+.PHONY: deploy stop status logs test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+deploy: $(STAMP)
+	$(PY) -m deploy up
+
+stop:
+	@test -x $(PY) || { echo "nothing deployed (no $(VENV))"; exit 0; }; $(PY) -m deploy stop
+
+status: $(STAMP)
+	$(PY) -m deploy status
+
+logs: $(STAMP)
+	$(PY) -m deploy logs
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check deploy nginx tests/conftest.py
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy deploy nginx
+	$(PY) -m nginx.render check
+	$(PY) -m nginx.render check --sticky consistent
+
+bench: $(STAMP)
+	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
+	else echo "no benchmarks yet (tests/bench/__main__.py)"; fi
+
+clean: stop
+	rm -rf run .pytest_cache .mypy_cache .ruff_cache build
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

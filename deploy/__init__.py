@@ -1,0 +1,1 @@
+"""Local deployment of the whole cluster under supervisord (`python -m deploy`)."""

@@ -1,0 +1,1 @@
+"""nginx config rendering for the local and compose deployments."""

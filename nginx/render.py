@@ -1,0 +1,282 @@
+"""Render nginx.conf.template for N gateways and M workers.
+
+Two modes: `local` (the supervisor deployment: loopback addresses, every path
+under one run directory) and `compose` (service names on port 8000, logs to
+stdout/stderr). `python -m nginx.render compose` regenerates compose/nginx.conf;
+`python -m nginx.render check` renders a local config into a temp dir and runs
+`nginx -t` on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEMPLATE = Path(__file__).with_name("nginx.conf.template")
+CHECKOUT = Path(__file__).resolve().parents[1]
+COMPOSE_CONF = CHECKOUT / "compose" / "nginx.conf"
+STICKY_METHODS = {"ip_hash": "ip_hash;", "consistent": "hash $remote_addr consistent;"}
+_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One upstream server: its name (gateway-1) and address (host:port)."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class NginxLayout:
+    """Everything that differs between renders. `run_dir=None` means compose mode."""
+
+    gateways: Sequence[Node]
+    workers: Sequence[Node]
+    public_listen: str
+    internal_listen: str
+    status_listen: str
+    frontend_listen: str
+    frontend_root: str
+    sticky: str = "ip_hash"
+    run_dir: Path | None = None
+    user: str | None = None
+    """`user` directive; only meaningful when the master runs as root."""
+    rlimit_nofile: int = 65535
+    mode: str = field(default="local")
+
+
+def local_layout(
+    run_dir: Path,
+    *,
+    gateway_ports: Sequence[int],
+    worker_ports: Sequence[int],
+    public_port: int,
+    internal_port: int,
+    status_port: int,
+    frontend_port: int,
+    sticky: str = "ip_hash",
+    user: str | None = None,
+) -> NginxLayout:
+    """The supervisor deployment: everything on 127.0.0.1, state under `run_dir`."""
+    return NginxLayout(
+        gateways=[Node(f"gateway-{i}", f"127.0.0.1:{p}") for i, p in enumerate(gateway_ports, 1)],
+        workers=[Node(f"worker-{i}", f"127.0.0.1:{p}") for i, p in enumerate(worker_ports, 1)],
+        # Public ports listen on all interfaces like the compose deployment;
+        # the AI upstream is on loopback only.
+        public_listen=str(public_port),
+        internal_listen=f"127.0.0.1:{internal_port}",
+        status_listen=str(status_port),
+        frontend_listen=str(frontend_port),
+        frontend_root=str(CHECKOUT / "frontend"),
+        sticky=sticky,
+        run_dir=run_dir,
+        user=user,
+        rlimit_nofile=_nofile_limit(),
+        mode="local",
+    )
+
+
+def _nofile_limit() -> int:
+    # Asking for more than the hard limit fails with an alert in the error log
+    # (containers often cap it); the image in compose mode allows 65535.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
+
+
+def compose_layout(gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> NginxLayout:
+    """docker-compose.yml: replicas reachable by service name on port 8000."""
+    return NginxLayout(
+        gateways=[Node(f"gateway-{i}", f"gateway-{i}:8000") for i in range(1, gateways + 1)],
+        workers=[Node(f"worker-{i}", f"worker-{i}:8000") for i in range(1, workers + 1)],
+        public_listen="8080",
+        # Inside the compose network only; docker-compose.yml does not publish it.
+        internal_listen="8081",
+        status_listen="8090",
+        frontend_listen="3000",
+        frontend_root="/usr/share/nginx/html/frontend",
+        sticky=sticky,
+        mode="compose",
+    )
+
+
+def _quote(path: Path | str) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _servers(nodes: Sequence[Node]) -> str:
+    return "\n".join(
+        f"        server {n.address} max_fails=3 fail_timeout=10s;  # {n.name}" for n in nodes
+    )
+
+
+def _status_page(layout: NginxLayout) -> str:
+    """A static page; its script fills in each node's health from /node/<name>/health.
+
+    It ends up inside a single-quoted nginx string, so it must contain no `'`,
+    `$` (nginx variables) or backslash.
+    """
+    rows = "".join(
+        f'<tr><td>{html.escape(n.name)}</td><td><a href="/node/{n.name}/health">/health</a></td>'
+        f'<td class="s" data-node="{n.name}">…</td></tr>'
+        for n in [*layout.gateways, *layout.workers]
+    )
+    script = (
+        'document.querySelectorAll("td.s").forEach(function (td) {'
+        'fetch("/node/" + td.dataset.node + "/health")'
+        ".then(function (r) { return r.json(); })"
+        '.then(function (b) { td.textContent = b.status + " pid " + b.pid; })'
+        '.catch(function () { td.textContent = "down"; }); });'
+    )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>cluster status</title>"
+        f"<h1>cluster status</h1><p>{len(layout.gateways)} gateways, "
+        f"{len(layout.workers)} workers, sticky {html.escape(layout.sticky)}. "
+        '<a href="/nginx-status">nginx-status</a></p>'
+        f"<table><tr><th>node</th><th>link</th><th>status</th></tr>{rows}</table>"
+        f"<script>{script}</script>"
+    )
+    assert not set(page) & {"'", "$", "\\"}, "status page would break the nginx string"
+    return page
+
+
+def _node_locations(layout: NginxLayout) -> str:
+    return "\n".join(
+        f"        location = /node/{n.name}/health {{\n"
+        f"            proxy_pass http://{n.address}/health;\n"
+        "        }"
+        for n in [*layout.gateways, *layout.workers]
+    )
+
+
+def _values(layout: NginxLayout) -> dict[str, str]:
+    if layout.sticky not in STICKY_METHODS:
+        raise ValueError(f"sticky must be one of {sorted(STICKY_METHODS)}, not {layout.sticky!r}")
+    run = layout.run_dir
+    if run is None:
+        # The nginx image sends /dev/stdout and /dev/stderr to `docker logs`.
+        error_log, pid_line, access_log, temp_paths = (
+            "error_log /dev/stderr warn;",
+            "",
+            "/dev/stdout",
+            "",
+        )
+    else:
+        error_log = f"error_log {_quote(run / 'logs' / 'nginx-error.log')} warn;"
+        pid_line = f"pid {_quote(run / 'nginx' / 'nginx.pid')};"
+        access_log = _quote(run / "logs" / "nginx-access.log")
+        temp_paths = "".join(
+            f"    {name}_temp_path {_quote(run / 'nginx' / 'tmp' / name)};\n" for name in _TEMP_DIRS
+        )
+    return {
+        "mode": layout.mode,
+        "gateway_count": str(len(layout.gateways)),
+        "worker_count": str(len(layout.workers)),
+        "rlimit_nofile": str(layout.rlimit_nofile),
+        "user_line": f"user {layout.user};" if layout.user else "",
+        "error_log_line": error_log,
+        "pid_line": pid_line,
+        "access_log": access_log,
+        "temp_paths": temp_paths,
+        "sticky": STICKY_METHODS[layout.sticky],
+        "gateway_servers": _servers(layout.gateways),
+        "worker_servers": _servers(layout.workers),
+        "public_listen": layout.public_listen,
+        "internal_listen": layout.internal_listen,
+        "status_listen": layout.status_listen,
+        "frontend_listen": layout.frontend_listen,
+        "frontend_root": _quote(layout.frontend_root),
+        "status_page": _status_page(layout),
+        "node_locations": _node_locations(layout),
+    }
+
+
+def render(layout: NginxLayout) -> str:
+    """The config text. Raises KeyError for a placeholder the template names but we lack."""
+    values = _values(layout)
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], TEMPLATE.read_text())
+    # Directives rendered empty (no user, no pid in compose) leave blank lines.
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def write_local(layout: NginxLayout) -> Path:
+    """Write the config under run_dir/nginx with the directories it names; return its path."""
+    assert layout.run_dir is not None, "write_local needs a local layout"
+    nginx_dir = layout.run_dir / "nginx"
+    for name in _TEMP_DIRS:
+        (nginx_dir / "tmp" / name).mkdir(parents=True, exist_ok=True)
+    (layout.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    conf = nginx_dir / "nginx.conf"
+    conf.write_text(render(layout))
+    return conf
+
+
+def nginx_command(nginx_bin: str, run_dir: Path) -> list[str]:
+    """Run in the foreground (supervisor owns the process) with every path in run_dir."""
+    return [
+        nginx_bin,
+        "-p",
+        str(run_dir / "nginx") + "/",
+        "-c",
+        str(run_dir / "nginx" / "nginx.conf"),
+        "-e",
+        str(run_dir / "logs" / "nginx-error.log"),
+        "-g",
+        "daemon off;",
+    ]
+
+
+def find_nginx() -> str | None:
+    """nginx lives in /usr/sbin, which a non-root PATH often lacks."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
+def check(gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> int:
+    """`nginx -t` on a local render in a temp dir; returns nginx's exit code."""
+    nginx_bin = find_nginx()
+    if nginx_bin is None:
+        print("nginx is not installed (apt-get install nginx)", file=sys.stderr)  # noqa: T201
+        return 1
+    with tempfile.TemporaryDirectory(prefix="nginx-check-") as tmp:
+        run_dir = Path(tmp)
+        layout = local_layout(
+            run_dir,
+            gateway_ports=range(18001, 18001 + gateways),
+            worker_ports=range(18101, 18101 + workers),
+            public_port=18080,
+            internal_port=18081,
+            status_port=18090,
+            frontend_port=13000,
+            sticky=sticky,
+        )
+        write_local(layout)
+        cmd = nginx_command(nginx_bin, run_dir)[:-2] + ["-t", "-q"]
+        return subprocess.run(cmd, check=False).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nginx.render")
+    parser.add_argument("mode", choices=["compose", "check"])
+    parser.add_argument("--gateways", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--sticky", choices=sorted(STICKY_METHODS), default="ip_hash")
+    args = parser.parse_args(argv)
+    if args.mode == "check":
+        return check(args.gateways, args.workers, args.sticky)
+    COMPOSE_CONF.write_text(render(compose_layout(args.gateways, args.workers, args.sticky)))
+    print(f"wrote {COMPOSE_CONF}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Chat end to end through nginx on a real local cluster: complete answers, every seq
+exactly once, sessions shared across nodes, cancel, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from services.common.keys import Keys
+from tests.chat_client import Answer, ChatClient
+
+pytestmark = pytest.mark.e2e
+
+
+def sid() -> str:
+    return f"s-{uuid.uuid4().hex[:12]}"
+
+
+async def history_of(client: ChatClient) -> list[dict[str, object]]:
+    await client.send({"type": "history", "limit": 100})
+    frame = await client.recv_until(lambda f: f["type"] == "history")
+    return list(frame["messages"])
+
+
+async def clients_on_distinct_gateways(cluster, session_id: str, user: str = "u1",
+                                       ) -> tuple[ChatClient, ChatClient]:
+    """Two connections of one session that landed on two different gateways."""
+    first = ChatClient(cluster.ws_url(session_id, user_id=user), local_ip="127.0.1.1")
+    await first.connect()
+    for n in range(2, 120):
+        other = ChatClient(cluster.ws_url(session_id, user_id=user), local_ip=f"127.0.{n}.1")
+        welcome = await other.connect()
+        if welcome["node_id"] != first.welcome["node_id"]:
+            return first, other
+        await other.close()
+    raise AssertionError("every /24 hashed to one gateway")
+
+
+async def test_ten_clients_on_different_networks_get_complete_answers(cluster) -> None:
+    clients = [ChatClient(cluster.ws_url(sid(), user_id=f"user{n}"), local_ip=f"127.0.{n}.1")
+               for n in range(10, 22)]
+    welcomes = await asyncio.gather(*(c.connect() for c in clients))
+    assert len({w["node_id"] for w in welcomes}) >= 2, "ip_hash sent every /24 to one node"
+
+    async def one(client: ChatClient, n: int) -> Answer:
+        ack = await client.chat(f"Question number {n}: how do streams work?", f"c{n}")
+        assert ack["type"] == "ack", ack
+        return await client.read_answer(Answer(ack["message_id"]))
+
+    answers = await asyncio.gather(*(one(c, n) for n, c in enumerate(clients)))
+    for client, answer in zip(clients, answers, strict=True):
+        answer.assert_exactly_once()
+        assert answer.done is not None and answer.done["finish_reason"] == "stop"
+        assert len(answer.seqs) >= 2 and answer.text.strip()
+        items = await history_of(client)
+        assert items[-1]["role"] == "assistant"
+        assert items[-1]["message_id"] == answer.message_id
+        assert items[-1]["text"] == answer.text
+        await client.close()
+
+
+async def test_two_connections_on_two_nodes_both_receive_the_whole_stream(cluster) -> None:
+    session = sid()
+    a, b = await clients_on_distinct_gateways(cluster, session)
+    ack = await a.chat("Tell me something long", "same-1")
+    mid = ack["message_id"]
+    got_a, got_b = await asyncio.gather(a.read_answer(Answer(mid)), b.read_answer(Answer(mid)))
+    got_a.assert_exactly_once()
+    got_b.assert_exactly_once()
+    assert got_a.text == got_b.text
+
+    # The same client_msg_id again (a retry) starts nothing and names the same message.
+    again = await b.chat("Tell me something long", "same-1")
+    assert again == {"type": "ack", "client_msg_id": "same-1", "message_id": mid}
+    items = await history_of(b)
+    assert [i["role"] for i in items] == ["user", "assistant"]
+    await a.close()
+    await b.close()
+
+
+async def test_cancel_from_another_node_keeps_the_partial_text(cluster) -> None:
+    session = sid()
+    a, b = await clients_on_distinct_gateways(cluster, session)
+    ack = await a.chat("Write an essay", "cancel-me")
+    mid = ack["message_id"]
+    seen_b = await b.read_answer(Answer(mid), stop_after=3)
+    await b.send({"type": "cancel", "message_id": mid})
+    got_a, got_b = await asyncio.gather(a.read_answer(Answer(mid)), b.read_answer(seen_b))
+    for got in (got_a, got_b):
+        got.assert_exactly_once()
+        assert got.done is not None and got.done["finish_reason"] == "cancelled"
+    assert got_a.text == got_b.text and got_a.text
+    items = await history_of(a)
+    assert items[-1]["message_id"] == mid and items[-1]["text"] == got_a.text
+
+    # The session is free again: a new chat is accepted.
+    ack2 = await a.chat("Another one")
+    assert ack2["type"] == "ack"
+    await a.read_answer(Answer(ack2["message_id"]))
+    await a.close()
+    await b.close()
+
+
+async def test_busy_and_resume_and_welcome_listing(cluster) -> None:
+    session = sid()
+    a = ChatClient(cluster.ws_url(session, user_id="u9"), local_ip="127.0.30.1")
+    await a.connect()
+    ack = await a.chat("first")
+    mid = ack["message_id"]
+    busy = await a.chat("second")
+    assert busy["type"] == "error" and busy["code"] == "busy" and busy["message_id"] == mid
+    part = await a.read_answer(Answer(mid), stop_after=4)
+    await a.close()
+
+    # A connection opened mid-answer is told about it, and gets it only when it asks.
+    b = ChatClient(cluster.ws_url(session, user_id="u9"), local_ip="127.0.31.1")
+    welcome = await b.connect()
+    listed = {s["message_id"]: s for s in welcome["streams"]}
+    assert mid in listed and listed[mid]["last_seq"] >= 4
+    await b.send({"type": "resume", "message_id": mid, "after_seq": part.last_seq})
+    rest = await b.read_answer(Answer(mid))
+    assert rest.seqs[0] == part.last_seq + 1
+    whole = part.seqs + rest.seqs
+    assert rest.done is not None and whole == list(range(1, rest.done["last_seq"] + 1))
+
+    # Resume from 0 after done replays everything from the cache.
+    await b.send({"type": "resume", "message_id": mid, "after_seq": 0})
+    replay = await b.read_answer(Answer(mid))
+    replay.assert_exactly_once()
+    assert replay.text == part.text + rest.text
+    await b.close()
+
+
+async def test_resume_errors(cluster) -> None:
+    session = sid()
+    a = ChatClient(cluster.ws_url(session, user_id="u10"), local_ip="127.0.32.1")
+    await a.connect()
+    await a.send({"type": "resume", "message_id": "m_nope", "after_seq": 0})
+    err = await a.recv()
+    assert err["type"] == "error" and err["code"] == "not_found"
+
+    # Someone else's message is not found either.
+    other = ChatClient(cluster.ws_url(sid(), user_id="u11"), local_ip="127.0.33.1")
+    await other.connect()
+    ack = await other.chat("mine")
+    await a.send({"type": "resume", "message_id": ack["message_id"], "after_seq": 0})
+    err = await a.recv()
+    assert err["code"] == "not_found"
+    await a.send({"type": "cancel", "message_id": ack["message_id"]})
+    err = await a.recv()
+    assert err["code"] == "not_found"
+    await other.read_answer(Answer(ack["message_id"]))
+
+    # Expired chunks: the stream key is gone but the message is known.
+    mine = await a.chat("short-lived")
+    await a.read_answer(Answer(mine["message_id"]))
+    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        deleted = await redis.delete(Keys().message_stream(mine["message_id"]))
+        assert deleted == 1
+    finally:
+        await redis.aclose()
+    await a.send({"type": "resume", "message_id": mine["message_id"], "after_seq": 0})
+    err = await a.recv()
+    assert err["code"] == "stream_expired"
+    await a.close()
+    await other.close()

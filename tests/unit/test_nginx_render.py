@@ -1,0 +1,162 @@
+"""The nginx renderer: pure text checks, no nginx process."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nginx.render import (
+    COMPOSE_CONF,
+    NginxLayout,
+    compose_layout,
+    local_layout,
+    render,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _local(tmp_path: Path, gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> str:
+    return render(
+        local_layout(
+            tmp_path,
+            gateway_ports=range(9001, 9001 + gateways),
+            worker_ports=range(9101, 9101 + workers),
+            public_port=9080,
+            internal_port=9081,
+            status_port=9090,
+            frontend_port=9300,
+            sticky=sticky,
+        )
+    )
+
+
+def _block(conf: str, header: str) -> str:
+    """The text of the `{ ... }` block opened by the line containing `header`."""
+    start = conf.index(header)
+    depth = 0
+    for i in range(conf.index("{", start), len(conf)):
+        depth += {"{": 1, "}": -1}.get(conf[i], 0)
+        if depth == 0:
+            return conf[start : i + 1]
+    raise AssertionError(f"unbalanced block {header}")
+
+
+def _server(conf: str, listen: str) -> str:
+    """The server block with `listen <listen>;`."""
+    for match in re.finditer(r"\n    server \{", conf):
+        block = _block(conf[match.start() :], "server {")
+        if f"listen {listen};" in block:
+            return block
+    raise AssertionError(f"no server listening on {listen}")
+
+
+def test_committed_compose_config_is_a_fresh_render() -> None:
+    assert COMPOSE_CONF.read_text() == render(compose_layout())
+
+
+@pytest.mark.parametrize(("gateways", "workers"), [(1, 1), (3, 3), (5, 2)])
+def test_one_server_line_per_node(tmp_path: Path, gateways: int, workers: int) -> None:
+    conf = _local(tmp_path, gateways, workers)
+    gw = _block(conf, "upstream ws_gateway")
+    ai = _block(conf, "upstream ai_worker")
+    assert gw.count("server 127.0.0.1:") == gateways
+    assert ai.count("server 127.0.0.1:") == workers
+    assert "server 127.0.0.1:9001 max_fails=3 fail_timeout=10s;" in gw
+    assert "least_conn;" in ai
+    assert "{{" not in conf
+
+
+def test_sticky_methods(tmp_path: Path) -> None:
+    assert "ip_hash;" in _block(_local(tmp_path), "upstream ws_gateway")
+    consistent = _block(_local(tmp_path, sticky="consistent"), "upstream ws_gateway")
+    assert "hash $remote_addr consistent;" in consistent
+    assert "ip_hash" not in consistent
+    with pytest.raises(ValueError, match="sticky"):
+        _local(tmp_path, sticky="round_robin")
+
+
+def test_ai_upstream_only_on_the_loopback_internal_listener(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    public = _server(conf, "9080")
+    internal = _server(conf, "127.0.0.1:9081")
+    assert "ai_worker" not in public
+    assert "proxy_pass http://ai_worker;" in internal
+    for line in (
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_read_timeout 3600s;",
+        "proxy_next_upstream error timeout http_502 http_503 non_idempotent;",
+        "proxy_next_upstream_tries 3;",
+    ):
+        assert line in internal
+    # Only /ws/, /api/ and /health go to the gateways; the rest is 404.
+    locations = re.findall(r"location ([^{]+) \{", public)
+    assert [loc.strip() for loc in locations] == ["/ws/", "/api/", "= /health", "/"]
+    assert "return 404;" in _block(public, "location / {")
+
+
+def test_public_server_proxies_websockets(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    public = _server(conf, "9080")
+    assert "map $http_upgrade $connection_upgrade" in conf
+    for line in (
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_buffering off;",
+    ):
+        assert line in public
+    ws = _block(public, "location /ws/")
+    assert "proxy_read_timeout 3600s;" in ws and "proxy_send_timeout 3600s;" in ws
+
+
+def test_sized_for_many_sockets_and_logs_the_upstream(tmp_path: Path) -> None:
+    conf = render(compose_layout())
+    assert "worker_processes auto;" in conf
+    assert "worker_rlimit_nofile 65535;" in conf
+    assert "worker_connections 20000;" in conf
+    assert "$upstream_addr" in conf and "$upstream_status" in conf
+    local = _local(tmp_path)
+    assert f'access_log "{tmp_path}/logs/nginx-access.log" upstream;' in local
+
+
+def test_status_and_frontend_servers(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    status = _server(conf, "9090")
+    assert "stub_status;" in _block(status, "location = /nginx-status")
+    assert "proxy_pass http://127.0.0.1:9102/health;" in status
+    frontend = _server(conf, "9300")
+    assert f'root "{Path(__file__).resolve().parents[2] / "frontend"}";' in frontend
+
+
+def test_local_paths_stay_in_the_run_dir(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    for directive in ("pid", "error_log", "client_body_temp_path", "proxy_temp_path"):
+        (line,) = [ln for ln in conf.splitlines() if ln.strip().startswith(directive + " ")]
+        assert str(tmp_path) in line, line
+    assert "/var/" not in conf and "daemon" not in conf
+
+
+def test_compose_mode(tmp_path: Path) -> None:
+    conf = render(compose_layout(gateways=4, workers=2))
+    assert "server gateway-4:8000 max_fails=3 fail_timeout=10s;" in conf
+    assert "server worker-2:8000" in conf and "worker-3" not in conf
+    assert "listen 8081;" in conf and "127.0.0.1" not in conf
+    assert 'root "/usr/share/nginx/html/frontend";' in conf
+    assert "access_log /dev/stdout upstream;" in conf and "error_log /dev/stderr" in conf
+    # The image passes `-g "daemon off;"`; a second one in the file is an error.
+    assert "daemon" not in conf and not re.search(r"^pid ", conf, re.M)
+    assert str(tmp_path) not in conf
+
+
+def test_user_directive_only_when_given(tmp_path: Path) -> None:
+    layout = compose_layout()
+    assert not re.search(r"^user ", render(layout), re.M)
+    as_root = NginxLayout(**{**layout.__dict__, "user": "alice alice"})
+    assert re.search(r"^user alice alice;$", render(as_root), re.M)
