@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "stop", "status", "logs"])
     args = parser.parse_args(argv)
     try:
-        cluster = Cluster(ClusterSpec.from_env())
+        spec = ClusterSpec.from_env()
+        if args.command != "up":
+            spec = ClusterSpec.load(spec.run_dir) or spec
+        cluster = Cluster(spec)
         if args.command == "up":
             cluster.up()
             return 0

@@ -22,7 +22,9 @@ from nginx.render import local_layout, write_local
 __all__ = ["Cluster", "ClusterSpec", "DeployError", "StopReport"]
 
 _POLL = 0.2
-_BAD_STATES = {"FATAL", "EXITED", "STOPPED"}
+# A program that exits while starting is retried (BACKOFF) a few times, which
+# rides out start-up races; FATAL means supervisor gave up on it.
+_BAD_STATES = {"FATAL", "STOPPED"}
 
 
 class DeployError(RuntimeError):
@@ -117,7 +119,11 @@ class Cluster:
         """
         spec = self.spec
         if self.supervisor.is_running():
-            self._out(f"cluster already running (run dir {spec.run_dir}); starting nothing.")
+            running = ClusterSpec.load(spec.run_dir) or spec
+            self._out(
+                f"cluster already running ({running.gateways} gateways, {running.workers} "
+                f"workers, run dir {spec.run_dir}); starting nothing."
+            )
             self._out("`make status` shows it, `make stop` stops it.")
             return False
         busy = {name: port for name, port in spec.all_ports().items() if port_open(port)}
@@ -163,6 +169,7 @@ class Cluster:
             )
         )
         self.supervisor.paths["conf"].write_text(render_conf(spec, procs))
+        spec.save()
 
     def _wait_healthy(self, procs: list[Process]) -> None:
         if not _wait_until(self.supervisor.is_running, 10.0):
@@ -193,7 +200,8 @@ class Cluster:
                     also=list(pending)[1:],
                 )
             if pending and now >= next_report:
-                self._out(f"  ... still waiting for {', '.join(pending)} ({now - start:.0f}s)")
+                waiting = ", ".join(f"{n} ({states.get(n)})" for n in pending)
+                self._out(f"  ... still waiting for {waiting} ({now - start:.0f}s)")
                 next_report = now + 5.0
             if pending:
                 time.sleep(_POLL)

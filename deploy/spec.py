@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +91,22 @@ class ClusterSpec:
             if environ.get(var):
                 setattr(spec, attr, int(environ[var]))
         return spec
+
+    # The spec of a running cluster is saved in its run dir, so that status and
+    # stop see the cluster that is up rather than what today's environment says.
+    def save(self) -> None:
+        data = dataclasses.asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        (self.run_dir / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> ClusterSpec | None:
+        """The spec saved by the last `up` in run_dir, or None."""
+        try:
+            data = json.loads((run_dir / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(**data)
 
     # --- derived names and URLs ---------------------------------------------------
 

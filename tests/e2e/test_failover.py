@@ -100,9 +100,9 @@ async def test_sigterm_gateway_closes_with_1012_and_loses_nothing(cluster) -> No
     cluster.wait_healthy(gateway, timeout=30)
 
 
-async def test_no_worker_at_all_ends_with_upstream_unavailable(small_cluster) -> None:
+async def test_no_worker_at_all_ends_with_upstream_unavailable(tuned_cluster) -> None:
     """With every worker stopped the answer ends, with an error, within the deadline."""
-    cluster = small_cluster
+    cluster = tuned_cluster
     for name in cluster.spec.worker_names:
         cluster.stop_process(name)
     try:

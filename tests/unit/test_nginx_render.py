@@ -86,7 +86,7 @@ def test_ai_upstream_only_on_the_loopback_internal_listener(tmp_path: Path) -> N
     assert "proxy_pass http://ai_worker;" in internal
     for line in (
         "proxy_buffering off;",
-        "proxy_request_buffering off;",
+        "proxy_request_buffering on;",
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "proxy_read_timeout 3600s;",
