@@ -182,9 +182,10 @@ class Cluster:
         self._out(f"waiting up to {self.spec.start_timeout:.0f}s for: {', '.join(pending)}")
         while pending:
             states = {n: i["statename"] for n, i in self.supervisor.processes().items()}
+            broken = [n for n in pending if states.get(n) in _BAD_STATES]
+            if broken:
+                self._fail(broken[0], f"supervisor state {states[broken[0]]}", also=broken[1:])
             for name, proc in list(pending.items()):
-                if states.get(name) in _BAD_STATES:
-                    self._fail(name, f"supervisor state {states[name]}")
                 result = probe(proc)
                 last[name] = result.detail
                 if result.ok:

@@ -180,7 +180,9 @@ def render_conf(spec: ClusterSpec, procs: list[Process]) -> str:
             "autostart=true",
             "autorestart=true",
             "startsecs=1",
-            "startretries=5",
+            # Three failed starts in a row -> FATAL, so a broken config fails
+            # `up` in seconds; once RUNNING, autorestart retries forever.
+            "startretries=2",
             "stopsignal=TERM",
             f"stopwaitsecs={proc.stopwaitsecs}",
             # uvicorn and nginx have children; stop and kill the whole group.

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 import uvicorn
 
 from services.common.settings import Settings
+
+
+def listening_socket(host: str, port: int, send_buffer: int) -> socket.socket:
+    """A bound socket whose accepted connections inherit SO_SNDBUF (Linux does)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(factory: str, default_port: int) -> None:
@@ -19,11 +31,9 @@ def serve(factory: str, default_port: int) -> None:
     parser.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args()
     settings = Settings()
-    uvicorn.run(
+    config = uvicorn.Config(
         factory,
         factory=True,
-        host=args.host,
-        port=args.port,
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
@@ -39,3 +49,5 @@ def serve(factory: str, default_port: int) -> None:
         proxy_headers=True,
         forwarded_allow_ips="127.0.0.1",
     )
+    sock = listening_socket(args.host, args.port, settings.socket_send_buffer_bytes)
+    uvicorn.Server(config).run(sockets=[sock])

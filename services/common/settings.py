@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     worker_url: str = "http://127.0.0.1:8081"
     """The internal nginx listener in front of the `ai_worker` upstream."""
     shutdown_timeout: float = 10.0
+    socket_send_buffer_bytes: int = 262_144
+    """SO_SNDBUF of accepted sockets (0 = kernel autotuning, up to 4 MiB per socket on
+    Linux): bounds the kernel memory a client that stops reading can pin."""
 
     # --- worker ----------------------------------------------------------------------------
     model_provider: Literal["simulated", "openai"] = "simulated"

@@ -3,8 +3,8 @@
 Incoming frames are parsed at the edge and dispatched; replies and relayed chunks
 go through the connection's bounded `Outbox`, drained by one sender task. Chunks
 reach the client only from the message's Redis stream: a follow first subscribes to
-the node relay (live entries are held while catching up), range-reads the cache
-after the client's seq, then goes live; `StreamCursor` drops what was already sent.
+the node relay, pages through the cache after the client's seq as fast as the
+client reads, then goes live; `StreamCursor` drops what was already sent.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from redis.exceptions import RedisError
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: an answer it already received is not replayed.
 SEEN_MAX = 256
 CLOSE_TIMEOUT_S = 10.0
+#: Entries per range read when a client catches up (resume, or a late follower).
+CATCH_UP_PAGE = 256
 
 
 class ClientError(Exception):
@@ -71,7 +73,6 @@ class ClientError(Exception):
 class Follow:
     cursor: StreamCursor
     live: bool = False
-    held: list[StreamEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
 
@@ -91,6 +92,7 @@ class Connection:
         self._closing: asyncio.Event = asyncio.Event()
         self._close_code = 1000
         self._spawned: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()
 
     # --- life ------------------------------------------------------------------------
 
@@ -150,6 +152,8 @@ class Connection:
                 self.ctx.metrics.queue_depth.observe(len(self.outbox))
                 for text in self.outbox.pop_batch():
                     await self.ws.send_text(text)
+                if len(self.outbox) <= self.outbox.limit // 4:
+                    self._drained.set()
 
     async def _receive_loop(self) -> None:
         while True:
@@ -273,38 +277,59 @@ class Connection:
         self._follows[message_id] = follow
         self.ctx.metrics.streams_relayed.inc()
         await self.ctx.relay.subscribe(message_id, self, after_seq)
-        await self._catch_up(message_id, follow)
+        self._start_catch_up(message_id, follow)
+
+    def _start_catch_up(self, message_id: str, follow: Follow) -> None:
+        """Catch up in a task of its own, so a long replay never blocks the client's
+        other frames (cancel, ping)."""
+        follow.live = False
+        follow.task = asyncio.create_task(self._guarded_catch_up(message_id, follow),
+                                          name=f"catch-up-{message_id}")
+
+    async def _guarded_catch_up(self, message_id: str, follow: Follow) -> None:
+        try:
+            await self._catch_up(message_id, follow)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client is told and may resume again
+            log.exception("catch-up failed", extra={"message_id": message_id})
+            self._unfollow(message_id)
+            self._error(ErrorFrame(code=ErrorCode.INTERNAL, message="replay failed; resume "
+                                   "again", message_id=message_id))
 
     async def _catch_up(self, message_id: str, follow: Follow) -> None:
-        """Range-read the cache after the cursor, then release held live entries."""
-        while True:
-            cached = await self.ctx.store.read_entries(message_id, follow.cursor.last_seq)
-            try:
-                self._emit(message_id, follow, cached, live=False)
-                held, follow.held = follow.held, []
-                self._emit(message_id, follow, held, live=True)
-            except GapError:
-                continue
-            follow.live = True
-            return
+        """Page through the cache after the cursor, at the pace the client reads, until
+        a read finds nothing newer; then go live in the same step (no await between).
+
+        Live entries that arrive meanwhile are dropped: the pages cover them, and if
+        the relay's next batch starts past the cursor, `on_entries` comes back here.
+        """
+        page = max(1, min(CATCH_UP_PAGE, self.outbox.limit // 2))
+        while not follow.cursor.done:
+            await self._wait_for_room()
+            cached = await self.ctx.store.read_entries(
+                message_id, follow.cursor.last_seq, count=page)
+            if not cached:
+                follow.live = True
+                return
+            self._emit(message_id, follow, cached, live=False)
+
+    async def _wait_for_room(self) -> None:
+        """Block while the client still has half a queue of frames to read."""
+        while len(self.outbox) > self.outbox.limit // 2 and not self._closing.is_set():
+            self._drained.clear()
+            await self._drained.wait()
 
     def on_entries(self, message_id: str, entries: list[StreamEntry]) -> None:
         """Called by the relay with new entries of a followed stream."""
         follow = self._follows.get(message_id)
-        if follow is None:
-            return
-        if not follow.live:
-            follow.held.extend(entries)
-            if len(follow.held) > 2 * self.outbox.limit:
-                self._too_slow()
+        if follow is None or not follow.live:
             return
         try:
             self._emit(message_id, follow, entries, live=True)
         except GapError:
-            # Cannot happen while the relay reads in order; recover rather than skip.
-            follow.live = False
-            follow.held = list(entries)
-            follow.task = asyncio.create_task(self._catch_up(message_id, follow))
+            # The relay was ahead of this client's cursor: page the gap from the cache.
+            self._start_catch_up(message_id, follow)
 
     def _emit(self, message_id: str, follow: Follow, entries: list[StreamEntry],
               live: bool) -> None:

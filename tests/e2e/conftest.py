@@ -14,6 +14,8 @@ TUNED_ENV = {
     "STREAM_BACKPRESSURE_DELAY": "0.2",
     # Give up on an answer nobody can generate after 3 s, not 20.
     "STREAM_RECOVERY_TIMEOUT": "3",
+    # Small kernel send buffers, so the backlog has to show in the gateway queue.
+    "SOCKET_SEND_BUFFER_BYTES": "16384",
 }
 
 
