@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     stream_recovery_timeout: float = 20.0
     """Seconds without progress after which an answer ends with `upstream_unavailable`."""
     message_meta_ttl: int = 86_400
-    lease_ttl_ms: int = 3_000
+    lease_ttl_ms: int = 2_000
     """A worker's lease on a message; renewed every third of it while generating."""
     stall_check_interval: float = 1.0
     """How often a gateway looks for followed streams nobody is generating."""
