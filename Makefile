@@ -30,6 +30,7 @@ logs: $(STAMP)
 	$(PY) -m deploy logs
 
 test: $(STAMP)
+	node --test frontend/
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

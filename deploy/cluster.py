@@ -153,8 +153,11 @@ class Cluster:
 
     def _render(self, procs: list[Process]) -> None:
         spec = self.spec
-        for sub in ("logs", "redis"):
+        for sub in ("logs/previous", "redis"):
             (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        # Keep the last run's logs apart, so that a failure tail shows only this run.
+        for log in (spec.run_dir / "logs").glob("*.log*"):
+            log.replace(spec.run_dir / "logs" / "previous" / log.name)
         write_local(
             local_layout(
                 spec.run_dir,

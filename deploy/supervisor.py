@@ -86,8 +86,8 @@ def build_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
             priority=_PRIORITY["kafka"],
         ),
     ]
-    # Workers drain for WORKER_DRAIN_TIMEOUT (20 s) before handing answers over,
-    # so they get longer than gateways (SHUTDOWN_TIMEOUT, 10 s) before SIGKILL.
+    # Workers finish answers for SHUTDOWN_TIMEOUT + WORKER_DRAIN_TIMEOUT (10 + 10 s),
+    # then hand the rest over, so they get longer than gateways before SIGKILL.
     for kind, module, stopwait, names in (
         ("worker", "services.ai_worker", 25, spec.worker_names),
         ("gateway", "services.ws_gateway", 15, spec.gateway_names),

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"
     openai_timeout: float = 60.0
-    worker_drain_timeout: float = 20.0
+    worker_drain_timeout: float = 10.0
     """On SIGTERM a worker finishes in-flight answers for this long, then hands them over."""
 
     @property
