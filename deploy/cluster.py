@@ -156,6 +156,8 @@ class Cluster:
         for sub in ("logs/previous", "redis"):
             (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
         # Keep the last run's logs apart, so that a failure tail shows only this run.
+        for old in (spec.run_dir / "logs" / "previous").iterdir():
+            old.unlink()
         for log in (spec.run_dir / "logs").glob("*.log*"):
             log.replace(spec.run_dir / "logs" / "previous" / log.name)
         write_local(

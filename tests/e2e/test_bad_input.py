@@ -64,7 +64,8 @@ async def test_bad_tokens_close_with_4401(cluster, kind: str) -> None:
     elif kind == "alg_none":
         bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, key=None, algorithm="none")
     elif kind == "wrong_secret":
-        bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, "another-secret-that-is-long-enough-0123456789",
+        other_secret = "another-secret-that-is-long-enough-0123456789"
+        bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, other_secret,
                          algorithm="HS256")
     elif kind == "no_exp":
         bad = jwt.encode({"sub": "x"}, cluster.jwt_secret, algorithm="HS256")

@@ -83,6 +83,29 @@ async def test_kill9_worker_mid_answer(cluster) -> None:
     cluster.wait_healthy(worker, timeout=30)
 
 
+async def test_sigterm_worker_finishes_or_hands_over(cluster) -> None:
+    """A worker stopped gracefully mid-answer loses nothing either way."""
+    session, user = sid(), "fa5"
+    client = ChatClient(cluster.ws_url(session, user_id=user), local_ip="127.0.44.1")
+    await client.connect()
+    ack = await client.chat("What happens when a worker is restarted?")
+    mid = ack["message_id"]
+    answer = await client.read_answer(Answer(mid), stop_after=3)
+    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        worker = (await redis.get(Keys().message_lease(mid))).split(":")[0]
+    finally:
+        await redis.aclose()
+    cluster.sigterm(worker)
+    await client.follow_resilient(answer)
+    answer.assert_exactly_once()
+    assert answer.reconnects == 0 and not answer.errors
+    assert answer.done is not None and answer.done["finish_reason"] == "stop"
+    await assert_matches_history(cluster, session, user, answer)
+    await client.close()
+    cluster.wait_healthy(worker, timeout=40)
+
+
 async def test_sigterm_gateway_closes_with_1012_and_loses_nothing(cluster) -> None:
     session, user = sid(), "fa3"
     client = ChatClient(cluster.ws_url(session, user_id=user), local_ip="127.0.42.1")
