@@ -17,7 +17,6 @@ class EventType(StrEnum):
     SESSION_OPENED = "session.opened"
     MESSAGE_ACCEPTED = "message.accepted"
     MESSAGE_COMPLETED = "message.completed"
-    MESSAGE_TAKEN_OVER = "message.taken_over"
 
 
 def _now() -> str:

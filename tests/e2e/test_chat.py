@@ -4,9 +4,11 @@ exactly once, sessions shared across nodes, cancel, retries."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from services.common.keys import Keys
@@ -168,3 +170,30 @@ async def test_resume_errors(cluster) -> None:
     assert err["code"] == "stream_expired"
     await a.close()
     await other.close()
+
+
+async def test_lifecycle_events_reach_kafka(cluster) -> None:
+    session = sid()
+    client = ChatClient(cluster.ws_url(session, user_id="events"), local_ip="127.0.34.1")
+    await client.connect()
+    ack = await client.chat("Tell the auditors")
+    answer = await client.read_answer(Answer(ack["message_id"]))
+    await client.close()
+
+    consumer = AIOKafkaConsumer("chat.events", bootstrap_servers=cluster.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    seen: list[dict[str, object]] = []
+    try:
+        async with asyncio.timeout(20):
+            while not any(e["type"] == "message.completed" for e in seen):
+                batch = await consumer.getmany(timeout_ms=500)
+                seen += [json.loads(r.value) for records in batch.values() for r in records
+                         if r.key == session.encode()]
+    finally:
+        await consumer.stop()
+    assert [e["type"] for e in seen] == ["session.opened", "message.accepted",
+                                         "message.completed"]
+    completed = seen[-1]
+    assert completed["message_id"] == answer.message_id
+    assert completed["data"] == {"finish_reason": "stop", "usage": answer.done["usage"]}
