@@ -96,21 +96,25 @@ class Worker:
 async def _progress_lines(gen: Generation) -> AsyncIterator[bytes]:
     """NDJSON: `progress` lines with the last seq written, heartbeats, then the outcome."""
     progress = gen.progress
+    changed = progress.listen()
     sent_seq = -1
-    while True:
-        progress.changed.clear()
-        if progress.last_seq != sent_seq:
-            sent_seq = progress.last_seq
-            yield _line({"event": "progress", "last_seq": sent_seq})
-        if progress.outcome is not None:
-            yield _line({"event": progress.outcome.value, "last_seq": progress.last_seq,
-                         "detail": progress.detail})
-            return
-        try:
-            async with asyncio.timeout(HEARTBEAT_S):
-                await progress.changed.wait()
-        except TimeoutError:
-            yield _line({"event": "heartbeat"})
+    try:
+        while True:
+            changed.clear()
+            if progress.last_seq != sent_seq:
+                sent_seq = progress.last_seq
+                yield _line({"event": "progress", "last_seq": sent_seq})
+            if progress.outcome is not None:
+                yield _line({"event": progress.outcome.value, "last_seq": progress.last_seq,
+                             "detail": progress.detail})
+                return
+            try:
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await changed.wait()
+            except TimeoutError:
+                yield _line({"event": "heartbeat"})
+    finally:
+        progress.unlisten(changed)
 
 
 def _line(obj: dict[str, object]) -> bytes:

@@ -53,21 +53,29 @@ class Outcome(StrEnum):
 
 @dataclass
 class Progress:
-    """What listeners of a generation see; `changed` fires on every update."""
+    """What listeners of a generation see; each listener gets its own wake-up event."""
 
     last_seq: int = 0
     outcome: Outcome | None = None
     detail: str = ""
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _listeners: set[asyncio.Event] = field(default_factory=set)
 
-    def update(
-        self, *, last_seq: int | None = None, outcome: Outcome | None = None, detail: str = ""
-    ) -> None:
+    def listen(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._listeners.add(event)
+        return event
+
+    def unlisten(self, event: asyncio.Event) -> None:
+        self._listeners.discard(event)
+
+    def update(self, *, last_seq: int | None = None, outcome: Outcome | None = None,
+               detail: str = "") -> None:
         if last_seq is not None:
             self.last_seq = last_seq
         if outcome is not None:
             self.outcome, self.detail = outcome, detail
-        self.changed.set()
+        for event in self._listeners:
+            event.set()
 
 
 class Generation:
@@ -130,12 +138,13 @@ class Generation:
         if self._token is None:
             self.progress.update(outcome=Outcome.LEASED)
             return
-        async with asyncio.TaskGroup() as tg:
-            renewer = tg.create_task(self._renew_lease(), name=f"lease-{self.message_id}")
-            try:
-                await self._generate(meta)
-            finally:
-                renewer.cancel()
+        renewer = asyncio.create_task(self._renew_lease(), name=f"lease-{self.message_id}")
+        try:
+            await self._generate(meta)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
 
     async def _renew_lease(self) -> None:
         ttl = self._settings.lease_ttl_ms

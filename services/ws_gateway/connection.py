@@ -97,17 +97,23 @@ class Connection:
     # --- life ------------------------------------------------------------------------
 
     async def run(self, welcome: BaseModel) -> None:
-        """Serve the connection until the client leaves or must be closed."""
+        """Serve the connection until the client leaves or must be closed.
+
+        The sending loop runs in the caller's task and the receiving loop in one task
+        of its own: two tasks per connection, the least that can wait on both sides.
+        """
         self.send(welcome)
-        sender = asyncio.create_task(self._send_loop(), name="ws-sender")
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
-        closing = asyncio.create_task(self._closing.wait(), name="ws-closing")
+        # The client left (or its frames failed): wake the sender so it returns.
+        receiver.add_done_callback(lambda _task: self._ready.set())
         try:
-            await asyncio.wait({sender, receiver, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._send_loop(receiver)
+        except Exception:  # noqa: BLE001 - the socket is gone; nothing left to tell it
+            log.debug("send failed; the client is gone", exc_info=True)
         finally:
-            for task in (sender, receiver, closing, *self._follow_tasks()):
+            for task in (receiver, *self._follow_tasks()):
                 task.cancel()
-            for task in (sender, receiver, closing, *self._follow_tasks()):
+            for task in (receiver, *self._follow_tasks()):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             for mid in list(self._follows):
@@ -128,6 +134,7 @@ class Connection:
         if not self._closing.is_set():
             self._close_code = code
             self._closing.set()
+            self._ready.set()
 
     def send(self, frame: BaseModel) -> None:
         if not self.outbox.push(encode(frame), time.monotonic()):
@@ -141,11 +148,11 @@ class Connection:
             log.info("client too slow, closing with 4008", extra={"session_id": self.session_id})
             self.close(CloseCode.TOO_SLOW)
 
-    async def _send_loop(self) -> None:
-        while True:
+    async def _send_loop(self, receiver: asyncio.Task[None]) -> None:
+        while not self._closing.is_set() and not receiver.done():
             await self._ready.wait()
             self._ready.clear()
-            while len(self.outbox):
+            while len(self.outbox) and not self._closing.is_set():
                 if not self.outbox.check(time.monotonic()):
                     self._too_slow()
                     return

@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from services.common.events import ChatEvent, EventType
@@ -64,6 +65,10 @@ def chat_router() -> APIRouter:
         except Forbidden:
             log.info("refused another user's session", extra={"user_id": user_id})
             await ws.close(code=CloseCode.FORBIDDEN, reason="session belongs to another user")
+            return
+        except RedisError:
+            log.exception("session store unavailable")
+            await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
             return
         if created:
             await ctx.notifier.session_changed(session_id)

@@ -12,8 +12,10 @@ import uuid
 import jwt
 import pytest
 import websockets
+from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
 from tests.node_probes import metric, rss_bytes
 
@@ -172,7 +174,17 @@ async def test_client_that_stops_reading_is_closed_with_4008(tuned_cluster) -> N
     assert info.value.rcvd is not None and info.value.rcvd.code == 4008
     assert answer is not None and answer.seqs == list(range(1, answer.last_seq + 1))
 
-    # It resumes from where it was, through nginx, and misses nothing.
+    # It resumes from where it was, through nginx, and misses nothing. (It waits for
+    # the answer to finish first: this cluster generates faster than a Python client
+    # reads, so a live follower would be too slow again by design.)
+    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 60
+        while await redis.hget(Keys().message_meta(answer.message_id), "status") != "done":
+            assert time.monotonic() < deadline, "the answer never finished"
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
     client = ChatClient(cluster.ws_url(url.split("session_id=")[1].split("&")[0],
                                        user_id="slow"))
     await client.connect()
