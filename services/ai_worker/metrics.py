@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common.protocol import FinishReason
+
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -14,6 +16,8 @@ class WorkerMetrics:
         self.finished = Counter(
             "worker_answers_finished", "Answers finished", ["finish_reason"], registry=registry
         )
+        for reason in FinishReason:
+            self.finished.labels(reason.value)
         self.takeovers = Counter(
             "worker_takeovers", "Answers continued after another worker's seq", registry=registry
         )

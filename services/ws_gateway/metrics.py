@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.protocol import ErrorCode
+
+RESUME_OUTCOMES = ("recovered", "expired", "not_found")
+
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -32,6 +36,11 @@ class GatewayMetrics:
             "gateway_relay_reads", "XREAD calls of the node's relay reader", registry=registry)
         self.errors = Counter(
             "gateway_errors_sent", "Error frames by code", ["code"], registry=registry)
+        # Every label value from the start, so dashboards see zeros rather than gaps.
+        for outcome in RESUME_OUTCOMES:
+            self.resumes.labels(outcome)
+        for code in ErrorCode:
+            self.errors.labels(code.value)
         self.upstream_failures = Counter(
             "gateway_upstream_unavailable", "Answers ended because no worker could finish them",
             registry=registry)

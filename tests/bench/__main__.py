@@ -171,7 +171,9 @@ async def main(args: argparse.Namespace) -> None:
         await idle_memory(paced, args.idle)
     finally:
         paced.stop()
-    fast = start_cluster(3, 3, {"SIM_TOKENS_PER_SECOND": "0"})
+    # As fast as the cluster can go: one token per chunk, 1,000-chunk answers.
+    fast = start_cluster(3, 3, {"SIM_TOKENS_PER_SECOND": "0", "BATCH_MAX_TOKENS": "1",
+                                "SIM_MIN_TOKENS": "1000", "SIM_MAX_TOKENS": "1000"})
     try:
         await streaming(fast, args.clients, "full-speed")
     finally:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
+from websockets.exceptions import ConnectionClosed
 
 from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
+from tests.node_probes import metric
 
 pytestmark = pytest.mark.e2e
 
@@ -197,3 +201,80 @@ async def test_lifecycle_events_reach_kafka(cluster) -> None:
     completed = seen[-1]
     assert completed["message_id"] == answer.message_id
     assert completed["data"] == {"finish_reason": "stop", "usage": answer.done["usage"]}
+
+
+async def test_chats_past_the_rate_limit_get_rate_limited(cluster) -> None:
+    client = ChatClient(cluster.ws_url(sid(), user_id="hasty"), local_ip="127.0.35.1")
+    await client.connect()
+    codes = []
+    for n in range(8):  # the bucket holds 5 (30 per minute)
+        reply = await client.chat(f"hasty {n}")
+        codes.append(reply.get("code", reply["type"]))
+        if reply.get("code") == "rate_limited":
+            assert reply["retry_after"] > 0
+    assert codes[0] == "ack"
+    assert set(codes[1:5]) == {"busy"}, codes
+    assert "rate_limited" in codes[5:], codes
+    await client.close()
+
+
+async def test_a_changed_session_owner_is_seen_by_every_node(cluster) -> None:
+    """The L1 cache of session records is invalidated across nodes: after a session
+    expires and another user opens the id on another node, the old owner is refused
+    on the node that had it cached."""
+    session = sid()
+    g1, g2 = cluster.gateway_names[:2]
+
+    def direct(gateway: str, user: str) -> str:
+        return cluster.ws_url(session, user_id=user).replace(
+            f":{cluster.spec.public_port}/", f":{cluster.spec.node_port(gateway)}/")
+
+    first = ChatClient(direct(g1, "alice"))
+    await first.connect()  # g1 now caches alice as the owner
+    await first.close()
+    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        assert await redis.delete(Keys().session(session)) == 1  # the record expired
+    finally:
+        await redis.aclose()
+    bob = ChatClient(direct(g2, "bob"))
+    assert (await bob.connect())["user_id"] == "bob"
+    await bob.close()
+
+    async def alice_refused() -> bool:
+        alice = ChatClient(direct(g1, "alice"))
+        try:
+            await alice.connect()
+        except ConnectionClosed as exc:
+            return exc.rcvd is not None and exc.rcvd.code == 4403
+        await alice.close()
+        return False
+
+    # The notice crosses nodes in milliseconds; without it g1 would keep trusting its
+    # cached owner for CACHE_L1_EXPIRE_WRITE (30 s).
+    deadline = time.monotonic() + 5
+    while not await alice_refused():
+        assert time.monotonic() < deadline, "g1 still trusts its stale cached owner"
+        await asyncio.sleep(0.05)
+
+
+async def test_nodes_expose_the_correctness_metrics(cluster) -> None:
+    names = ["gateway_connections_open", "gateway_streams_relayed_total",
+             "gateway_chunks_sent_total", "gateway_resumes_total", "gateway_takeovers_total",
+             "gateway_slow_consumer_closes_total", "gateway_queue_depth_count",
+             "gateway_chunk_delay_seconds_count"]
+    client = ChatClient(cluster.ws_url(sid(), user_id="metrics"), local_ip="127.0.36.1")
+    welcome = await client.connect()
+    ack = await client.chat("count me")
+    await client.read_answer(Answer(ack["message_id"]))
+    await client.close()
+    base = cluster.node_url(welcome["node_id"])
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(base + "/metrics")).text
+        worker_text = "".join([(await http.get(cluster.node_url(w) + "/metrics")).text
+                               for w in cluster.worker_names])
+    for name in names:
+        assert f"\n{name}" in text, name
+    assert metric(base, "gateway_chunks_sent_total") > 0
+    assert metric(base, "gateway_chunk_delay_seconds_count") > 0
+    assert "worker_chunks_written_total" in worker_text
