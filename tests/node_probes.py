@@ -26,3 +26,18 @@ def metric(base_url: str, name: str) -> float:
         if match:
             total += float(match.group(1))
     return total
+
+
+async def generating_worker(redis_url: str, message_id: str) -> str:
+    """The node id of the worker holding the message's lease (the token is `node:random`)."""
+    from redis.asyncio import Redis
+
+    from services.common.keys import Keys
+
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        lease = await redis.get(Keys().message_lease(message_id))
+    finally:
+        await redis.aclose()
+    assert lease, f"no worker holds the lease of {message_id}"
+    return str(lease).split(":")[0]

@@ -7,10 +7,9 @@ import time
 import uuid
 
 import pytest
-from redis.asyncio import Redis
 
-from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
+from tests.node_probes import generating_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -62,13 +61,7 @@ async def test_kill9_worker_mid_answer(cluster) -> None:
     mid = ack["message_id"]
     answer = await client.read_answer(Answer(mid), stop_after=5)
 
-    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
-    try:
-        lease = await redis.get(Keys().message_lease(mid))
-    finally:
-        await redis.aclose()
-    assert lease, "no worker holds the answer's lease"
-    worker = lease.split(":")[0]
+    worker = await generating_worker(cluster.redis_url, mid)
     killed_at = time.monotonic()
     cluster.kill9(worker)
 
@@ -91,11 +84,7 @@ async def test_sigterm_worker_finishes_or_hands_over(cluster) -> None:
     ack = await client.chat("What happens when a worker is restarted?")
     mid = ack["message_id"]
     answer = await client.read_answer(Answer(mid), stop_after=3)
-    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
-    try:
-        worker = (await redis.get(Keys().message_lease(mid))).split(":")[0]
-    finally:
-        await redis.aclose()
+    worker = await generating_worker(cluster.redis_url, mid)
     cluster.sigterm(worker)
     await client.follow_resilient(answer)
     answer.assert_exactly_once()

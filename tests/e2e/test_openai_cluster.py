@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
+from tests.node_probes import generating_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -87,11 +86,7 @@ async def test_openai_answer_survives_a_worker_kill(openai_cluster, fake_model) 
     mid = ack["message_id"]
     answer = await client.read_answer(Answer(mid), stop_after=10)
 
-    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
-    try:
-        worker = (await redis.get(Keys().message_lease(mid))).split(":")[0]
-    finally:
-        await redis.aclose()
+    worker = await generating_worker(cluster.redis_url, mid)
     seen_at_kill = answer.text
     cluster.kill9(worker)
     started = time.monotonic()
