@@ -72,7 +72,7 @@ elseif holder ~= ARGV[1] then
   return 'lost'
 end
 if redis.call('HGET', KEYS[3], 'status') == 'done' then return 'done' end
-redis.call('XADD', KEYS[2], '1-0', unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], '""" + DONE_ENTRY_ID + """', unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'status', 'done', 'last_seq', ARGV[6], 'finish_reason', ARGV[7])
 if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
@@ -297,5 +297,3 @@ class MessageStore:
         )
         return AppendOutcome(result)
 
-
-__all__ = ["DONE_ENTRY_ID", "MessageStore"]

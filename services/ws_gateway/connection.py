@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 from redis.exceptions import RedisError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from services.common.events import ChatEvent, EventType
 from services.common.message_store import AcceptOutcome
@@ -366,5 +366,3 @@ class Connection:
         while len(self._seen) > SEEN_MAX:
             self._seen.popitem(last=False)
 
-
-__all__ = ["ClientError", "Connection", "WebSocketDisconnect"]
