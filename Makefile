@@ -35,7 +35,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check deploy nginx tests/conftest.py tests/e2e/test_foundation.py tests/unit/test_nginx_render.py tests/integration/test_nginx_render.py
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy nginx
 	$(PY) -m nginx.render check

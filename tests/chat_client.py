@@ -39,12 +39,12 @@ class Answer:
     def assert_exactly_once(self) -> None:
         assert self.done is not None, "no done frame"
         assert self.seqs == list(range(1, self.done["last_seq"] + 1)), (
-            f"seqs not exactly once in order: {self.seqs[:20]}... last_seq={self.done['last_seq']}")
+            f"seqs not exactly once in order: {self.seqs[:20]}... last_seq={self.done['last_seq']}"
+        )
 
 
 class ChatClient:
-    def __init__(self, url: str, *, local_ip: str = "127.0.0.1",
-                 origin: str | None = None) -> None:
+    def __init__(self, url: str, *, local_ip: str = "127.0.0.1", origin: str | None = None) -> None:
         self.url = url
         self.local_ip = local_ip
         self.origin = origin
@@ -55,8 +55,13 @@ class ChatClient:
     async def connect(self) -> Frame:
         headers = {"Origin": self.origin} if self.origin else None
         self.ws = await websockets.connect(
-            self.url, local_addr=(self.local_ip, 0), additional_headers=headers,
-            open_timeout=10, max_size=2**22, compression=None)
+            self.url,
+            local_addr=(self.local_ip, 0),
+            additional_headers=headers,
+            open_timeout=10,
+            max_size=2**22,
+            compression=None,
+        )
         self.welcome = await self.recv()
         assert self.welcome["type"] == "welcome", self.welcome
         return self.welcome
@@ -94,8 +99,9 @@ class ChatClient:
         await self.send(frame)
         return await self.recv_until(lambda f: f["type"] in ("ack", "error"))
 
-    async def read_answer(self, answer: Answer, *, stop_after: int | None = None,
-                          timeout: float = 60.0) -> Answer:
+    async def read_answer(
+        self, answer: Answer, *, stop_after: int | None = None, timeout: float = 60.0
+    ) -> Answer:
         """Read frames of `answer`'s message until done (or `stop_after` chunks)."""
         async with asyncio.timeout(timeout):
             while answer.done is None:
@@ -133,5 +139,6 @@ class ChatClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         answer.reconnects += 1
-        await self.send({"type": "resume", "message_id": answer.message_id,
-                         "after_seq": answer.last_seq})
+        await self.send(
+            {"type": "resume", "message_id": answer.message_id, "after_seq": answer.last_seq}
+        )

@@ -42,8 +42,14 @@ class GenerateRequest(BaseModel):
 class Worker:
     """This node's in-flight generations; one task per message, owned here."""
 
-    def __init__(self, settings: Settings, store: MessageStore, publisher: EventPublisher,
-                 metrics: WorkerMetrics, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MessageStore,
+        publisher: EventPublisher,
+        metrics: WorkerMetrics,
+        http: httpx.AsyncClient,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.publisher = publisher
@@ -56,8 +62,13 @@ class Worker:
         current = self.running.get(message_id)
         if current is not None:
             return current[0]
-        gen = Generation(message_id, store=self.store, provider=self.provider,
-                         settings=self.settings, metrics=self.metrics)
+        gen = Generation(
+            message_id,
+            store=self.store,
+            provider=self.provider,
+            settings=self.settings,
+            metrics=self.metrics,
+        )
         task = asyncio.create_task(self._run(gen), name=f"generate-{message_id}")
         self.running[message_id] = (gen, task)
         return gen
@@ -73,10 +84,15 @@ class Worker:
                 self.metrics.leased_elsewhere.inc()
             if gen.finished_with is not None:
                 session_id, reason, usage = gen.finished_with
-                self.publisher.publish(ChatEvent(
-                    type=EventType.MESSAGE_COMPLETED, session_id=session_id,
-                    node_id=self.settings.node_id, message_id=gen.message_id,
-                    data={"finish_reason": reason.value, "usage": usage.model_dump()}))
+                self.publisher.publish(
+                    ChatEvent(
+                        type=EventType.MESSAGE_COMPLETED,
+                        session_id=session_id,
+                        node_id=self.settings.node_id,
+                        message_id=gen.message_id,
+                        data={"finish_reason": reason.value, "usage": usage.model_dump()},
+                    )
+                )
 
     async def drain(self) -> None:
         """Let in-flight answers finish for a while, then hand the rest over."""
@@ -105,8 +121,13 @@ async def _progress_lines(gen: Generation) -> AsyncIterator[bytes]:
                 sent_seq = progress.last_seq
                 yield _line({"event": "progress", "last_seq": sent_seq})
             if progress.outcome is not None:
-                yield _line({"event": progress.outcome.value, "last_seq": progress.last_seq,
-                             "detail": progress.detail})
+                yield _line(
+                    {
+                        "event": progress.outcome.value,
+                        "last_seq": progress.last_seq,
+                        "detail": progress.detail,
+                    }
+                )
                 return
             try:
                 async with asyncio.timeout(HEARTBEAT_S):
@@ -133,15 +154,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(redis.aclose)
-            http = await stack.enter_async_context(httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.openai_timeout, connect=5.0)))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=httpx.Timeout(settings.openai_timeout, connect=5.0))
+            )
             publisher = EventPublisher(settings, registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            store = MessageStore(redis, Keys(settings.redis_key_prefix),
-                                 stream_ttl=settings.stream_cache_ttl,
-                                 meta_ttl=settings.message_meta_ttl,
-                                 history_max=settings.history_max)
+            store = MessageStore(
+                redis,
+                Keys(settings.redis_key_prefix),
+                stream_ttl=settings.stream_cache_ttl,
+                meta_ttl=settings.message_meta_ttl,
+                history_max=settings.history_max,
+            )
             worker = Worker(settings, store, publisher, metrics, http)
             holder["worker"] = worker
             stack.push_async_callback(worker.drain)
@@ -157,8 +182,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gen = worker.start(body.message_id)
         return StreamingResponse(_progress_lines(gen), media_type="application/x-ndjson")
 
-    app.include_router(ops_router(
-        service="ai_worker", node_id=settings.node_id, redis=lambda: redis, registry=registry,
-        ready=lambda: "draining" if holder.get("worker") and holder["worker"].draining
-        else None))
+    app.include_router(
+        ops_router(
+            service="ai_worker",
+            node_id=settings.node_id,
+            redis=lambda: redis,
+            registry=registry,
+            ready=lambda: (
+                "draining" if holder.get("worker") and holder["worker"].draining else None
+            ),
+        )
+    )
     return app

@@ -68,8 +68,9 @@ class Progress:
     def unlisten(self, event: asyncio.Event) -> None:
         self._listeners.discard(event)
 
-    def update(self, *, last_seq: int | None = None, outcome: Outcome | None = None,
-               detail: str = "") -> None:
+    def update(
+        self, *, last_seq: int | None = None, outcome: Outcome | None = None, detail: str = ""
+    ) -> None:
         if last_seq is not None:
             self.last_seq = last_seq
         if outcome is not None:
@@ -134,7 +135,8 @@ class Generation:
             self.progress.update(last_seq=meta.last_seq, outcome=Outcome.DONE)
             return
         self._token = await self._store.acquire_lease(
-            self.message_id, self._settings.lease_ttl_ms, self._settings.node_id)
+            self.message_id, self._settings.lease_ttl_ms, self._settings.node_id
+        )
         if self._token is None:
             self.progress.update(outcome=Outcome.LEASED)
             return

@@ -37,7 +37,8 @@ class EventPublisher:
         self.connected = False
         self.sent = Counter("kafka_events_sent", "Events delivered to Kafka", registry=registry)
         self.dropped = Counter(
-            "kafka_events_dropped", "Events dropped because the buffer overflowed",
+            "kafka_events_dropped",
+            "Events dropped because the buffer overflowed",
             registry=registry,
         )
         self.buffered = Gauge("kafka_events_buffered", "Events waiting", registry=registry)

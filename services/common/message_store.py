@@ -61,7 +61,8 @@ redis.call('PEXPIRE', KEYS[5], ARGV[7])
 return 'ok'
 """
 
-_FINISH = """
+_FINISH = (
+    """
 -- KEYS: lease, stream, meta, session_active, history
 -- ARGV: token ('' = only if nobody holds the lease), message_id, stream_ttl_s,
 --       history_item_json, history_max, last_seq, finish_reason, then done field pairs
@@ -72,7 +73,9 @@ elseif holder ~= ARGV[1] then
   return 'lost'
 end
 if redis.call('HGET', KEYS[3], 'status') == 'done' then return 'done' end
-redis.call('XADD', KEYS[2], '""" + DONE_ENTRY_ID + """', unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], '"""
+    + DONE_ENTRY_ID
+    + """', unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'status', 'done', 'last_seq', ARGV[6], 'finish_reason', ARGV[7])
 if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
@@ -81,6 +84,7 @@ redis.call('LTRIM', KEYS[5], -tonumber(ARGV[5]), -1)
 if ARGV[1] ~= '' then redis.call('DEL', KEYS[1]) end
 return 'ok'
 """
+)
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -153,8 +157,9 @@ def _history_json(message_id: str, role: str, text: str) -> str:
 class MessageStore:
     """Message state in Redis; takes the client and the key builder."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, stream_ttl: int, meta_ttl: int,
-                 history_max: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, stream_ttl: int, meta_ttl: int, history_max: int
+    ) -> None:
         self._r = redis
         self._k = keys
         self._stream_ttl = stream_ttl
@@ -176,18 +181,36 @@ class MessageStore:
         mid = new_message_id()
         created = now_iso()
         meta = {
-            "session_id": session_id, "user_id": user_id, "prompt": text,
-            "status": MessageStatus.PENDING.value, "last_seq": "0", "created_at": created,
-            "client_msg_id": client_msg_id, "completion_tokens": "0",
+            "session_id": session_id,
+            "user_id": user_id,
+            "prompt": text,
+            "status": MessageStatus.PENDING.value,
+            "last_seq": "0",
+            "created_at": created,
+            "client_msg_id": client_msg_id,
+            "completion_tokens": "0",
         }
         pairs = [x for kv in meta.items() for x in kv]
         result = await self._accept(
-            keys=[k.client_msg(session_id, client_msg_id), k.session_active(session_id),
-                  k.message_meta(mid), k.session_messages(session_id),
-                  k.session_history(session_id), k.session(session_id)],
-            args=[mid, ACTIVE_TTL_MS, CLIENT_MSG_TTL_S, self._meta_ttl, self._history_max,
-                  _history_json(user_item_id(mid), "user", text), MESSAGES_MAX, created,
-                  *pairs],
+            keys=[
+                k.client_msg(session_id, client_msg_id),
+                k.session_active(session_id),
+                k.message_meta(mid),
+                k.session_messages(session_id),
+                k.session_history(session_id),
+                k.session(session_id),
+            ],
+            args=[
+                mid,
+                ACTIVE_TTL_MS,
+                CLIENT_MSG_TTL_S,
+                self._meta_ttl,
+                self._history_max,
+                _history_json(user_item_id(mid), "user", text),
+                MESSAGES_MAX,
+                created,
+                *pairs,
+            ],
         )
         return AcceptOutcome(result[0]), str(result[1])
 
@@ -213,8 +236,11 @@ class MessageStore:
             exists, (status, last_seq) = replies[2 * i], replies[2 * i + 1]
             if status is None or (not exists and status == MessageStatus.DONE):
                 continue
-            streams.append(StreamInfo(
-                message_id=mid, last_seq=int(last_seq or 0), status=MessageStatus(status)))
+            streams.append(
+                StreamInfo(
+                    message_id=mid, last_seq=int(last_seq or 0), status=MessageStatus(status)
+                )
+            )
         return streams
 
     # --- both ---------------------------------------------------------------------------
@@ -224,9 +250,13 @@ class MessageStore:
         if not raw:
             return None
         return MessageMeta(
-            message_id=message_id, session_id=raw["session_id"], user_id=raw["user_id"],
-            prompt=raw["prompt"], status=MessageStatus(raw["status"]),
-            last_seq=int(raw.get("last_seq", 0)), created_at=raw["created_at"],
+            message_id=message_id,
+            session_id=raw["session_id"],
+            user_id=raw["user_id"],
+            prompt=raw["prompt"],
+            status=MessageStatus(raw["status"]),
+            last_seq=int(raw.get("last_seq", 0)),
+            created_at=raw["created_at"],
             completion_tokens=int(raw.get("completion_tokens", 0)),
         )
 
@@ -238,8 +268,11 @@ class MessageStore:
     ) -> list[ChunkEntry | DoneEntry]:
         """Cached entries after `after_seq`, in order (the final record last)."""
         raw = await self._r.xrange(
-            self._k.message_stream(message_id), min=f"({chunk_entry_id(after_seq)}",
-            max="+", count=count)
+            self._k.message_stream(message_id),
+            min=f"({chunk_entry_id(after_seq)}",
+            max="+",
+            count=count,
+        )
         return [decode_entry(eid, fields) for eid, fields in raw]
 
     async def lease_holder(self, message_id: str) -> str | None:
@@ -247,20 +280,39 @@ class MessageStore:
         return str(value) if value is not None else None
 
     async def finish(
-        self, message_id: str, session_id: str, *, token: str, last_seq: int, text: str,
-        reason: FinishReason, usage: Usage, error: ErrorCode | None = None,
+        self,
+        message_id: str,
+        session_id: str,
+        *,
+        token: str,
+        last_seq: int,
+        text: str,
+        reason: FinishReason,
+        usage: Usage,
+        error: ErrorCode | None = None,
     ) -> FinishOutcome:
         """Write the final record. `token=""` finishes only a message nobody leases."""
         k = self._k
         fields: Fields = done_fields(last_seq, reason, usage, error)
         pairs = [x for kv in fields.items() for x in kv]
         result = await self._finish(
-            keys=[k.message_lease(message_id), k.message_stream(message_id),
-                  k.message_meta(message_id), k.session_active(session_id),
-                  k.session_history(session_id)],
-            args=[token, message_id, self._stream_ttl,
-                  _history_json(message_id, "assistant", text), self._history_max,
-                  last_seq, reason.value, *pairs],
+            keys=[
+                k.message_lease(message_id),
+                k.message_stream(message_id),
+                k.message_meta(message_id),
+                k.session_active(session_id),
+                k.session_history(session_id),
+            ],
+            args=[
+                token,
+                message_id,
+                self._stream_ttl,
+                _history_json(message_id, "assistant", text),
+                self._history_max,
+                last_seq,
+                reason.value,
+                *pairs,
+            ],
         )
         return FinishOutcome(result)
 
@@ -274,8 +326,9 @@ class MessageStore:
         return token if ok else None
 
     async def renew_lease(self, message_id: str, token: str, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[self._k.message_lease(message_id)],
-                                      args=[token, ttl_ms]))
+        return bool(
+            await self._renew(keys=[self._k.message_lease(message_id)], args=[token, ttl_ms])
+        )
 
     async def release_lease(self, message_id: str, token: str) -> None:
         await self._release(keys=[self._k.message_lease(message_id)], args=[token])
@@ -284,16 +337,33 @@ class MessageStore:
         return bool(await self._r.exists(self._k.message_cancel(message_id)))
 
     async def append_chunk(
-        self, message_id: str, session_id: str, *, token: str, seq: int, delta: str,
+        self,
+        message_id: str,
+        session_id: str,
+        *,
+        token: str,
+        seq: int,
+        delta: str,
         tokens: int,
     ) -> AppendOutcome:
         k = self._k
         result = await self._append(
-            keys=[k.message_lease(message_id), k.message_stream(message_id),
-                  k.message_meta(message_id), k.message_cancel(message_id),
-                  k.session_active(session_id)],
-            args=[token, chunk_entry_id(seq), seq, delta, int(time.time() * 1000),
-                  self._stream_ttl, ACTIVE_TTL_MS, tokens],
+            keys=[
+                k.message_lease(message_id),
+                k.message_stream(message_id),
+                k.message_meta(message_id),
+                k.message_cancel(message_id),
+                k.session_active(session_id),
+            ],
+            args=[
+                token,
+                chunk_entry_id(seq),
+                seq,
+                delta,
+                int(time.time() * 1000),
+                self._stream_ttl,
+                ACTIVE_TTL_MS,
+                tokens,
+            ],
         )
         return AppendOutcome(result)
-

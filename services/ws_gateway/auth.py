@@ -15,8 +15,9 @@ class AuthError(Exception):
     """The token is missing, invalid or expired (close 4401)."""
 
 
-def authenticate(token: str | None, user_id_param: str | None, *, secret: str,
-                 dev_mode: bool) -> str:
+def authenticate(
+    token: str | None, user_id_param: str | None, *, secret: str, dev_mode: bool
+) -> str:
     """Return the user id the token proves; raises AuthError."""
     if not token:
         raise AuthError("missing token")
@@ -26,8 +27,9 @@ def authenticate(token: str | None, user_id_param: str | None, *, secret: str,
         user_id = user_id_param or "dev"
     else:
         try:
-            claims = jwt.decode(token, secret, algorithms=["HS256"],
-                                options={"require": ["exp", "sub"]})
+            claims = jwt.decode(
+                token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
         user_id = claims["sub"]

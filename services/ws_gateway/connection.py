@@ -62,11 +62,23 @@ CATCH_UP_PAGE = 256
 class ClientError(Exception):
     """Answered with an `error` frame; the connection stays open."""
 
-    def __init__(self, code: ErrorCode, message: str, *, message_id: str | None = None,
-                 client_msg_id: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        message_id: str | None = None,
+        client_msg_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
-        self.frame = ErrorFrame(code=code, message=message, message_id=message_id,
-                                client_msg_id=client_msg_id, retry_after=retry_after)
+        self.frame = ErrorFrame(
+            code=code,
+            message=message,
+            message_id=message_id,
+            client_msg_id=client_msg_id,
+            retry_after=retry_after,
+        )
 
 
 @dataclass
@@ -87,8 +99,9 @@ class Connection:
         self._ready = asyncio.Event()
         self._follows: dict[str, Follow] = {}
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._chats = TokenBucket(rate_per_s=s.chat_rate_per_minute / 60.0,
-                                  burst=max(1.0, s.chat_rate_per_minute / 6.0))
+        self._chats = TokenBucket(
+            rate_per_s=s.chat_rate_per_minute / 60.0, burst=max(1.0, s.chat_rate_per_minute / 6.0)
+        )
         self._closing: asyncio.Event = asyncio.Event()
         self._close_code = 1000
         self._spawned: set[asyncio.Task[None]] = set()
@@ -213,19 +226,30 @@ class Connection:
     async def _chat(self, frame: ChatFrame) -> None:
         ctx = self.ctx
         if len(frame.text) > ctx.settings.max_prompt_chars:
-            raise ClientError(ErrorCode.BAD_REQUEST,
-                              f"text: at most {ctx.settings.max_prompt_chars} characters",
-                              client_msg_id=frame.client_msg_id)
+            raise ClientError(
+                ErrorCode.BAD_REQUEST,
+                f"text: at most {ctx.settings.max_prompt_chars} characters",
+                client_msg_id=frame.client_msg_id,
+            )
         wait = self._chats.take(time.monotonic())
         if wait > 0:
-            raise ClientError(ErrorCode.RATE_LIMITED, "too many chats; slow down",
-                              client_msg_id=frame.client_msg_id, retry_after=round(wait, 2))
+            raise ClientError(
+                ErrorCode.RATE_LIMITED,
+                "too many chats; slow down",
+                client_msg_id=frame.client_msg_id,
+                retry_after=round(wait, 2),
+            )
         client_msg_id = frame.client_msg_id or f"auto-{uuid.uuid4().hex}"
         outcome, message_id = await ctx.store.accept_chat(
-            self.session_id, self.user_id, frame.text, client_msg_id)
+            self.session_id, self.user_id, frame.text, client_msg_id
+        )
         if outcome == AcceptOutcome.BUSY:
-            raise ClientError(ErrorCode.BUSY, "this session already has an answer in progress",
-                              message_id=message_id or None, client_msg_id=frame.client_msg_id)
+            raise ClientError(
+                ErrorCode.BUSY,
+                "this session already has an answer in progress",
+                message_id=message_id or None,
+                client_msg_id=frame.client_msg_id,
+            )
         self.send(AckFrame(client_msg_id=frame.client_msg_id, message_id=message_id))
         if outcome == AcceptOutcome.DUPLICATE:
             return
@@ -234,10 +258,16 @@ class Connection:
         ctx.hub.message_started(self.session_id, message_id)
         await ctx.notifier.message_started(self.session_id, message_id)
         ctx.driver.drive(message_id, self.session_id)
-        ctx.publisher.publish(ChatEvent(
-            type=EventType.MESSAGE_ACCEPTED, session_id=self.session_id, user_id=self.user_id,
-            node_id=ctx.settings.node_id, message_id=message_id,
-            data={"client_msg_id": frame.client_msg_id, "chars": len(frame.text)}))
+        ctx.publisher.publish(
+            ChatEvent(
+                type=EventType.MESSAGE_ACCEPTED,
+                session_id=self.session_id,
+                user_id=self.user_id,
+                node_id=ctx.settings.node_id,
+                message_id=message_id,
+                data={"client_msg_id": frame.client_msg_id, "chars": len(frame.text)},
+            )
+        )
 
     async def _resume(self, frame: ResumeFrame) -> None:
         ctx = self.ctx
@@ -245,21 +275,27 @@ class Connection:
         meta = await ctx.store.meta(mid)
         if meta is None or meta.session_id != self.session_id:
             ctx.metrics.resumes.labels("not_found").inc()
-            raise ClientError(ErrorCode.NOT_FOUND, "no such message in this session",
-                              message_id=mid)
+            raise ClientError(
+                ErrorCode.NOT_FOUND, "no such message in this session", message_id=mid
+            )
         if not await ctx.store.stream_exists(mid) and (
-                meta.status == MessageStatus.DONE or meta.last_seq > 0):
+            meta.status == MessageStatus.DONE or meta.last_seq > 0
+        ):
             ctx.metrics.resumes.labels("expired").inc()
-            raise ClientError(ErrorCode.STREAM_EXPIRED,
-                              "the chunks are no longer cached; see history", message_id=mid)
+            raise ClientError(
+                ErrorCode.STREAM_EXPIRED,
+                "the chunks are no longer cached; see history",
+                message_id=mid,
+            )
         ctx.metrics.resumes.labels("recovered").inc()
         await self._follow(mid, frame.after_seq)
 
     async def _cancel(self, frame: CancelFrame) -> None:
         meta = await self.ctx.store.meta(frame.message_id)
         if meta is None or meta.session_id != self.session_id:
-            raise ClientError(ErrorCode.NOT_FOUND, "no such message in this session",
-                              message_id=frame.message_id)
+            raise ClientError(
+                ErrorCode.NOT_FOUND, "no such message in this session", message_id=frame.message_id
+            )
         if meta.status != MessageStatus.DONE:
             await self.ctx.store.cancel(frame.message_id)
             # A stream nobody generates any more still has to end.
@@ -290,8 +326,9 @@ class Connection:
         """Catch up in a task of its own, so a long replay never blocks the client's
         other frames (cancel, ping)."""
         follow.live = False
-        follow.task = asyncio.create_task(self._guarded_catch_up(message_id, follow),
-                                          name=f"catch-up-{message_id}")
+        follow.task = asyncio.create_task(
+            self._guarded_catch_up(message_id, follow), name=f"catch-up-{message_id}"
+        )
 
     async def _guarded_catch_up(self, message_id: str, follow: Follow) -> None:
         try:
@@ -301,8 +338,13 @@ class Connection:
         except Exception:  # noqa: BLE001 - the client is told and may resume again
             log.exception("catch-up failed", extra={"message_id": message_id})
             self._unfollow(message_id)
-            self._error(ErrorFrame(code=ErrorCode.INTERNAL, message="replay failed; resume "
-                                   "again", message_id=message_id))
+            self._error(
+                ErrorFrame(
+                    code=ErrorCode.INTERNAL,
+                    message="replay failed; resume again",
+                    message_id=message_id,
+                )
+            )
 
     async def _catch_up(self, message_id: str, follow: Follow) -> None:
         """Page through the cache after the cursor, at the pace the client reads, until
@@ -315,7 +357,8 @@ class Connection:
         while not follow.cursor.done:
             await self._wait_for_room()
             cached = await self.ctx.store.read_entries(
-                message_id, follow.cursor.last_seq, count=page)
+                message_id, follow.cursor.last_seq, count=page
+            )
             if not cached:
                 follow.live = True
                 return
@@ -338,8 +381,9 @@ class Connection:
             # The relay was ahead of this client's cursor: page the gap from the cache.
             self._start_catch_up(message_id, follow)
 
-    def _emit(self, message_id: str, follow: Follow, entries: list[StreamEntry],
-              live: bool) -> None:
+    def _emit(
+        self, message_id: str, follow: Follow, entries: list[StreamEntry], live: bool
+    ) -> None:
         now_ms = time.time() * 1000
         metrics = self.ctx.metrics
         for entry in follow.cursor.accept(entries):
@@ -350,10 +394,21 @@ class Connection:
                     metrics.chunk_delay.observe(max(0.0, (now_ms - entry.written_ms) / 1000))
             elif isinstance(entry, DoneEntry):
                 if entry.error is not None:
-                    self.send(ErrorFrame(code=entry.error, message="no AI worker could finish "
-                                         "the answer", message_id=message_id))
-                self.send(DoneFrame(message_id=message_id, last_seq=entry.last_seq,
-                                    finish_reason=entry.finish_reason, usage=entry.usage))
+                    self.send(
+                        ErrorFrame(
+                            code=entry.error,
+                            message="no AI worker could finish the answer",
+                            message_id=message_id,
+                        )
+                    )
+                self.send(
+                    DoneFrame(
+                        message_id=message_id,
+                        last_seq=entry.last_seq,
+                        finish_reason=entry.finish_reason,
+                        usage=entry.usage,
+                    )
+                )
                 self._unfollow(message_id)
 
     def _unfollow(self, message_id: str) -> None:
@@ -365,4 +420,3 @@ class Connection:
         self._seen.move_to_end(message_id)
         while len(self._seen) > SEEN_MAX:
             self._seen.popitem(last=False)
-

@@ -44,8 +44,15 @@ class CallResult(StrEnum):
 
 
 class Driver:
-    def __init__(self, http: httpx.AsyncClient, redis: Redis, keys: Keys, store: MessageStore,
-                 settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        redis: Redis,
+        keys: Keys,
+        store: MessageStore,
+        settings: Settings,
+        metrics: GatewayMetrics,
+    ) -> None:
         self._http = http
         self._r = redis
         self._k = keys
@@ -59,8 +66,9 @@ class Driver:
         """Start driving the message unless this node already does."""
         if message_id in self._tasks:
             return
-        task = asyncio.create_task(self._guarded(message_id, session_id),
-                                   name=f"drive-{message_id}")
+        task = asyncio.create_task(
+            self._guarded(message_id, session_id), name=f"drive-{message_id}"
+        )
         self._tasks[message_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(message_id, None))
 
@@ -144,8 +152,9 @@ class Driver:
                 await self._give_up(message_id, session_id)
                 return
             if await self._store.is_cancelled(message_id):
-                if await self._finish_unleased(message_id, session_id, FinishReason.CANCELLED,
-                                               None):
+                if await self._finish_unleased(
+                    message_id, session_id, FinishReason.CANCELLED, None
+                ):
                     return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
@@ -177,7 +186,7 @@ class Driver:
 
     async def _wait_lease_gone(self, message_id: str) -> bool:
         """Wait while another worker holds the lease; True if it made progress meanwhile."""
-        start = (await self._store.meta(message_id))
+        start = await self._store.meta(message_id)
         start_seq = start.last_seq if start else 0
         while await self._store.lease_holder(message_id) is not None:  # noqa: ASYNC110 - Redis, not local state
             await asyncio.sleep(0.1)
@@ -186,18 +195,26 @@ class Driver:
 
     async def _give_up(self, message_id: str, session_id: str) -> None:
         log.error("no worker could finish the answer", extra={"message_id": message_id})
-        if await self._finish_unleased(message_id, session_id, FinishReason.ERROR,
-                                       ErrorCode.UPSTREAM_UNAVAILABLE):
+        if await self._finish_unleased(
+            message_id, session_id, FinishReason.ERROR, ErrorCode.UPSTREAM_UNAVAILABLE
+        ):
             self._metrics.upstream_failures.inc()
 
-    async def _finish_unleased(self, message_id: str, session_id: str, reason: FinishReason,
-                               error: ErrorCode | None) -> bool:
+    async def _finish_unleased(
+        self, message_id: str, session_id: str, reason: FinishReason, error: ErrorCode | None
+    ) -> bool:
         """Write the final record ourselves, keeping the partial text, if no worker holds it."""
         entries = await self._store.read_entries(message_id)
         chunks = [e for e in entries if isinstance(e, ChunkEntry)]
         meta = await self._store.meta(message_id)
         outcome = await self._store.finish(
-            message_id, session_id, token="", last_seq=chunks[-1].seq if chunks else 0,
-            text="".join(c.delta for c in chunks), reason=reason,
-            usage=Usage(completion_tokens=meta.completion_tokens if meta else 0), error=error)
+            message_id,
+            session_id,
+            token="",
+            last_seq=chunks[-1].seq if chunks else 0,
+            text="".join(c.delta for c in chunks),
+            reason=reason,
+            usage=Usage(completion_tokens=meta.completion_tokens if meta else 0),
+            error=error,
+        )
         return outcome in (FinishOutcome.OK, FinishOutcome.ALREADY_DONE)

@@ -45,17 +45,24 @@ def chat_router() -> APIRouter:
         await ws.accept(subprotocol="bearer" if subprotocol_token else None)
         session_id = ws.query_params.get("session_id", "")
         if not _SESSION_ID.match(session_id):
-            await ws.send_text(encode(ErrorFrame(
-                code=ErrorCode.BAD_REQUEST,
-                message="session_id: 1-64 characters of [A-Za-z0-9_-]")))
+            await ws.send_text(
+                encode(
+                    ErrorFrame(
+                        code=ErrorCode.BAD_REQUEST,
+                        message="session_id: 1-64 characters of [A-Za-z0-9_-]",
+                    )
+                )
+            )
             await ws.close(code=1008)
             return
         session_id_var.set(session_id)
         try:
             user_id = authenticate(
                 subprotocol_token or ws.query_params.get("token"),
-                ws.query_params.get("user_id"), secret=settings.jwt_secret,
-                dev_mode=settings.auth_dev_mode)
+                ws.query_params.get("user_id"),
+                secret=settings.jwt_secret,
+                dev_mode=settings.auth_dev_mode,
+            )
         except AuthError as exc:
             log.info("refused a token", extra={"detail": str(exc)})
             await ws.close(code=CloseCode.UNAUTHORIZED, reason=str(exc)[:120])
@@ -72,9 +79,14 @@ def chat_router() -> APIRouter:
             return
         if created:
             await ctx.notifier.session_changed(session_id)
-            ctx.publisher.publish(ChatEvent(
-                type=EventType.SESSION_OPENED, session_id=session_id, user_id=user_id,
-                node_id=settings.node_id))
+            ctx.publisher.publish(
+                ChatEvent(
+                    type=EventType.SESSION_OPENED,
+                    session_id=session_id,
+                    user_id=user_id,
+                    node_id=settings.node_id,
+                )
+            )
         conn = Connection(ws, ctx, session_id, user_id)
         # Join before listing streams, so an answer starting now is listed or pushed.
         await ctx.notifier.join(session_id)
@@ -82,9 +94,12 @@ def chat_router() -> APIRouter:
         ctx.metrics.connections.inc()
         try:
             welcome = WelcomeFrame(
-                session_id=session_id, user_id=user_id, node_id=settings.node_id,
+                session_id=session_id,
+                user_id=user_id,
+                node_id=settings.node_id,
                 server_time=datetime.now(UTC).isoformat(),
-                streams=await ctx.store.session_streams(session_id))
+                streams=await ctx.store.session_streams(session_id),
+            )
             await conn.run(welcome)
         finally:
             ctx.metrics.connections.dec()

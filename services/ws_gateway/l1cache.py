@@ -10,8 +10,9 @@ V = TypeVar("V")
 
 
 class L1Cache(Generic[V]):
-    def __init__(self, max_size: int, expire_after_write: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, max_size: int, expire_after_write: float, clock: Callable[[], float]
+    ) -> None:
         self._max = max_size
         self._ttl = expire_after_write
         self._clock = clock

@@ -25,16 +25,21 @@ POLL_S = 0.2
 
 
 class Notifier:
-    def __init__(self, redis: Redis, keys: Keys,
-                 on_message_started: Callable[[str, str], None],
-                 on_session_changed: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        on_message_started: Callable[[str, str], None],
+        on_session_changed: Callable[[str], None],
+    ) -> None:
         self._r = redis
         self._k = keys
         self._on_started = on_message_started
         self._on_changed = on_session_changed
         self._refs: dict[str, int] = {}
         self._ops: asyncio.Queue[tuple[str, str, asyncio.Future[None] | None]] = asyncio.Queue(
-            maxsize=100_000)
+            maxsize=100_000
+        )
         self._prefix = keys.session_channel("")
         self._invalidate = keys.session_invalidate_channel()
 
@@ -56,8 +61,10 @@ class Notifier:
         self._ops.put_nowait(("unsubscribe", self._k.session_channel(session_id), None))
 
     async def message_started(self, session_id: str, message_id: str) -> None:
-        await self._r.publish(self._k.session_channel(session_id),
-                              json.dumps({"event": "message_started", "message_id": message_id}))
+        await self._r.publish(
+            self._k.session_channel(session_id),
+            json.dumps({"event": "message_started", "message_id": message_id}),
+        )
 
     async def session_changed(self, session_id: str) -> None:
         await self._r.publish(self._invalidate, session_id)

@@ -34,9 +34,16 @@ class Subscriber(Protocol):
 
 
 class Relay:
-    def __init__(self, redis: Redis, blocking_redis: Redis, keys: Keys, node_id: str,
-                 metrics: GatewayMetrics, on_stall: Callable[[str], Awaitable[None]],
-                 stall_check_interval: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        blocking_redis: Redis,
+        keys: Keys,
+        node_id: str,
+        metrics: GatewayMetrics,
+        on_stall: Callable[[str], Awaitable[None]],
+        stall_check_interval: float,
+    ) -> None:
         self._r = redis
         self._br = blocking_redis
         self._k = keys
@@ -110,8 +117,11 @@ class Relay:
         while True:
             await asyncio.sleep(self._stall_interval)
             now = time.monotonic()
-            stalled = [mid for mid, at in self._active_at.items()
-                       if now - at > STALL_AFTER_S and self._pos.get(mid) != DONE_ENTRY_ID]
+            stalled = [
+                mid
+                for mid, at in self._active_at.items()
+                if now - at > STALL_AFTER_S and self._pos.get(mid) != DONE_ENTRY_ID
+            ]
             for mid in stalled:
                 self._active_at[mid] = now
                 try:

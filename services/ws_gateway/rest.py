@@ -15,19 +15,28 @@ def rest_router() -> APIRouter:
     @router.get("/info")
     async def info(request: Request) -> dict[str, object]:
         ctx: NodeContext = request.app.state.ctx
-        return {"protocol": PROTOCOL_VERSION, "node_id": ctx.settings.node_id,
-                "connections": len(ctx.hub.members()), "streams_followed": ctx.relay.followed}
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "node_id": ctx.settings.node_id,
+            "connections": len(ctx.hub.members()),
+            "streams_followed": ctx.relay.followed,
+        }
 
     @router.get("/sessions/{session_id}/history")
-    async def history(request: Request, session_id: str, limit: int = 50,
-                      authorization: str = Header(default=""),
-                      user_id: str | None = None) -> HistoryFrame:
+    async def history(
+        request: Request,
+        session_id: str,
+        limit: int = 50,
+        authorization: str = Header(default=""),
+        user_id: str | None = None,
+    ) -> HistoryFrame:
         """The session's recent messages; `Authorization: Bearer TOKEN`, owner only."""
         ctx: NodeContext = request.app.state.ctx
         token = authorization.removeprefix("Bearer ").strip() or None
         try:
-            uid = authenticate(token, user_id, secret=ctx.settings.jwt_secret,
-                               dev_mode=ctx.settings.auth_dev_mode)
+            uid = authenticate(
+                token, user_id, secret=ctx.settings.jwt_secret, dev_mode=ctx.settings.auth_dev_mode
+            )
         except AuthError as exc:
             raise HTTPException(401, str(exc)) from exc
         owner = await ctx.sessions.owner(session_id)

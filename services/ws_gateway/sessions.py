@@ -43,8 +43,9 @@ class Forbidden(Exception):
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, keys: Keys, *, l2_ttl: int, l1_max: int,
-                 l1_ttl: float) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, l2_ttl: int, l1_max: int, l1_ttl: float
+    ) -> None:
         self._r = redis
         self._k = keys
         self._ttl = l2_ttl
@@ -63,9 +64,13 @@ class SessionStore:
                 raise Forbidden(session_id)
             return cached, False
         owner, created_at, created = await self._open(
-            keys=[self._k.session(session_id), self._k.sessions_active(),
-                  self._k.user_sessions(user_id)],
-            args=[user_id, now_iso(), self._ttl, session_id])
+            keys=[
+                self._k.session(session_id),
+                self._k.sessions_active(),
+                self._k.user_sessions(user_id),
+            ],
+            args=[user_id, now_iso(), self._ttl, session_id],
+        )
         record = SessionRecord(session_id, owner, created_at)
         self._l1.put(session_id, record)
         if owner != user_id:

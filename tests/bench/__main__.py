@@ -29,10 +29,19 @@ from tests.node_probes import metric, rss_bytes
 def start_cluster(gateways: int, workers: int, env: dict[str, str]) -> Cluster:
     ports = free_ports(6 + gateways + workers)
     spec = ClusterSpec(
-        run_dir=Path(tempfile.mkdtemp(prefix="bench-")), gateways=gateways, workers=workers,
-        redis_port=ports[0], kafka_port=ports[1], public_port=ports[2], status_port=ports[3],
-        frontend_port=ports[4], internal_port=ports[5], gateway_ports=ports[6:6 + gateways],
-        worker_ports=ports[6 + gateways:], extra_env={"AUTH_DEV_MODE": "true", **env})
+        run_dir=Path(tempfile.mkdtemp(prefix="bench-")),
+        gateways=gateways,
+        workers=workers,
+        redis_port=ports[0],
+        kafka_port=ports[1],
+        public_port=ports[2],
+        status_port=ports[3],
+        frontend_port=ports[4],
+        internal_port=ports[5],
+        gateway_ports=ports[6 : 6 + gateways],
+        worker_ports=ports[6 + gateways :],
+        extra_env={"AUTH_DEV_MODE": "true", **env},
+    )
     cluster = Cluster(spec, out=lambda _line: None)
     if not cluster.up():
         raise SystemExit("the bench cluster did not come up")
@@ -40,14 +49,21 @@ def start_cluster(gateways: int, workers: int, env: dict[str, str]) -> Cluster:
 
 
 def ws_url(cluster: Cluster, session: str, user: str) -> str:
-    return (f"ws://127.0.0.1:{cluster.spec.public_port}/ws/chat?session_id={session}"
-            f"&user_id={user}&token=dev-token")
+    return (
+        f"ws://127.0.0.1:{cluster.spec.public_port}/ws/chat?session_id={session}"
+        f"&user_id={user}&token=dev-token"
+    )
 
 
 async def streaming(cluster: Cluster, clients: int, label: str) -> None:
     """N clients on N /24s chat at once; every answer is checked for exactly-once."""
-    conns = [ChatClient(ws_url(cluster, f"bench-{label}-{n}", f"u{n}"),
-                        local_ip=f"127.{1 + n // 250}.{n % 250 + 1}.1") for n in range(clients)]
+    conns = [
+        ChatClient(
+            ws_url(cluster, f"bench-{label}-{n}", f"u{n}"),
+            local_ip=f"127.{1 + n // 250}.{n % 250 + 1}.1",
+        )
+        for n in range(clients)
+    ]
     await asyncio.gather(*(c.connect() for c in conns))
 
     async def one(client: ChatClient, n: int) -> Answer:
@@ -61,16 +77,24 @@ async def streaming(cluster: Cluster, clients: int, label: str) -> None:
         answer.assert_exactly_once()
     chunks = sum(len(a.seqs) for a in answers)
     chars = sum(len(a.text) for a in answers)
-    print(f"{label:>10}: {clients} clients, {chunks} chunks in {elapsed:.2f}s = "
-          f"{chunks / elapsed:,.0f} chunks/s ({chars / elapsed / 1024:,.0f} KiB/s of text), "
-          "every answer exactly once")
-    delay_sum = sum(metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_sum")
-                    for g in cluster.spec.gateway_names)
-    delay_n = sum(metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_count")
-                  for g in cluster.spec.gateway_names)
+    print(
+        f"{label:>10}: {clients} clients, {chunks} chunks in {elapsed:.2f}s = "
+        f"{chunks / elapsed:,.0f} chunks/s ({chars / elapsed / 1024:,.0f} KiB/s of text), "
+        "every answer exactly once"
+    )
+    delay_sum = sum(
+        metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_sum")
+        for g in cluster.spec.gateway_names
+    )
+    delay_n = sum(
+        metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_count")
+        for g in cluster.spec.gateway_names
+    )
     if delay_n:
-        print(f"{'':>10}  worker->gateway chunk delay, mean over the run: "
-              f"{delay_sum / delay_n * 1000:.1f} ms")
+        print(
+            f"{'':>10}  worker->gateway chunk delay, mean over the run: "
+            f"{delay_sum / delay_n * 1000:.1f} ms"
+        )
     await asyncio.gather(*(c.close() for c in conns))
 
 
@@ -106,8 +130,10 @@ async def gateway_kill(cluster: Cluster, rounds: int) -> None:
         gaps.append(await kill_and_time_next_chunk(pid, client, answer))
         await client.close()
         _wait_healthy(cluster, welcome["node_id"])
-    print(f"gateway kill -9 -> next chunk on another node: median {statistics.median(gaps):.3f}s,"
-          f" max {max(gaps):.3f}s over {rounds} rounds (client reconnects at once)")
+    print(
+        f"gateway kill -9 -> next chunk on another node: median {statistics.median(gaps):.3f}s,"
+        f" max {max(gaps):.3f}s over {rounds} rounds (client reconnects at once)"
+    )
 
 
 async def worker_kill(cluster: Cluster, rounds: int) -> None:
@@ -128,9 +154,11 @@ async def worker_kill(cluster: Cluster, rounds: int) -> None:
     finally:
         await redis.aclose()
     lease = os.environ.get("LEASE_TTL_MS", "2000")
-    print(f"worker kill -9 -> next chunk from another worker: median "
-          f"{statistics.median(gaps):.3f}s, max {max(gaps):.3f}s over {rounds} rounds "
-          f"(bounded by the lease, LEASE_TTL_MS={lease})")
+    print(
+        f"worker kill -9 -> next chunk from another worker: median "
+        f"{statistics.median(gaps):.3f}s, max {max(gaps):.3f}s over {rounds} rounds "
+        f"(bounded by the lease, LEASE_TTL_MS={lease})"
+    )
 
 
 def _wait_healthy(cluster: Cluster, name: str, timeout: float = 30.0) -> None:
@@ -145,8 +173,10 @@ async def idle_memory(cluster: Cluster, count: int) -> None:
     """Open `count` idle sockets to one gateway (directly) and divide its RSS growth."""
     name = cluster.spec.gateway_names[0]
     pid = cluster.pids()[name]
-    url = (f"ws://127.0.0.1:{cluster.spec.node_port(name)}/ws/chat?token=dev-token"
-           "&user_id=idle&session_id=")
+    url = (
+        f"ws://127.0.0.1:{cluster.spec.node_port(name)}/ws/chat?token=dev-token"
+        "&user_id=idle&session_id="
+    )
     warm = [ChatClient(url + f"warm-{n}") for n in range(50)]
     await asyncio.gather(*(c.connect() for c in warm))
     before = rss_bytes(pid)
@@ -157,8 +187,10 @@ async def idle_memory(cluster: Cluster, count: int) -> None:
         conns.extend(batch)
     await asyncio.sleep(1.0)  # let the allocator settle before reading RSS
     after = rss_bytes(pid)
-    print(f"idle connections: {count} sockets on {name} grew its RSS by "
-          f"{(after - before) / 2**20:.1f} MiB = {(after - before) / count / 1024:.1f} KiB each")
+    print(
+        f"idle connections: {count} sockets on {name} grew its RSS by "
+        f"{(after - before) / 2**20:.1f} MiB = {(after - before) / count / 1024:.1f} KiB each"
+    )
     await asyncio.gather(*(c.close() for c in conns + warm))
 
 
@@ -172,8 +204,16 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         paced.stop()
     # As fast as the cluster can go: one token per chunk, 1,000-chunk answers.
-    fast = start_cluster(3, 3, {"SIM_TOKENS_PER_SECOND": "0", "BATCH_MAX_TOKENS": "1",
-                                "SIM_MIN_TOKENS": "1000", "SIM_MAX_TOKENS": "1000"})
+    fast = start_cluster(
+        3,
+        3,
+        {
+            "SIM_TOKENS_PER_SECOND": "0",
+            "BATCH_MAX_TOKENS": "1",
+            "SIM_MIN_TOKENS": "1000",
+            "SIM_MAX_TOKENS": "1000",
+        },
+    )
     try:
         await streaming(fast, args.clients, "full-speed")
     finally:

@@ -21,6 +21,7 @@ from tests.node_probes import metric, rss_bytes
 
 pytestmark = pytest.mark.e2e
 
+
 def sid() -> str:
     return f"b-{uuid.uuid4().hex[:12]}"
 
@@ -56,8 +57,9 @@ async def test_bearer_subprotocol_token(cluster) -> None:
         assert welcome["type"] == "welcome" and welcome["user_id"] == "jwt-user"
 
 
-@pytest.mark.parametrize("kind", ["expired", "malformed", "alg_none", "wrong_secret", "no_exp",
-                                  "missing"])
+@pytest.mark.parametrize(
+    "kind", ["expired", "malformed", "alg_none", "wrong_secret", "no_exp", "missing"]
+)
 async def test_bad_tokens_close_with_4401(cluster, kind: str) -> None:
     if kind == "expired":
         bad = token(cluster, exp=int(time.time()) - 10)
@@ -67,8 +69,9 @@ async def test_bad_tokens_close_with_4401(cluster, kind: str) -> None:
         bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, key=None, algorithm="none")
     elif kind == "wrong_secret":
         other_secret = "another-secret-that-is-long-enough-0123456789"
-        bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, other_secret,
-                         algorithm="HS256")
+        bad = jwt.encode(
+            {"sub": "x", "exp": int(time.time()) + 60}, other_secret, algorithm="HS256"
+        )
     elif kind == "no_exp":
         bad = jwt.encode({"sub": "x"}, cluster.jwt_secret, algorithm="HS256")
     else:
@@ -78,8 +81,9 @@ async def test_bad_tokens_close_with_4401(cluster, kind: str) -> None:
 
 async def test_foreign_origin_is_refused_with_403(cluster) -> None:
     with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(cluster.ws_url(sid()),
-                                 additional_headers={"Origin": "http://evil.example"})
+        await websockets.connect(
+            cluster.ws_url(sid()), additional_headers={"Origin": "http://evil.example"}
+        )
     assert info.value.response.status_code == 403
     allowed = ChatClient(cluster.ws_url(sid()), origin=cluster.frontend_origin)
     await allowed.connect()
@@ -98,8 +102,12 @@ async def test_malformed_frames_get_bad_request_and_the_connection_stays(cluster
     client = ChatClient(cluster.ws_url(sid(), user_id="bad1"))
     await client.connect()
     bad_frames: list[str | bytes] = [
-        "{not json", b"\x00\x01binary", "[1, 2]", json.dumps({"text": "no type"}),
-        json.dumps({"type": "dance"}), json.dumps({"type": "chat", "text": 5}),
+        "{not json",
+        b"\x00\x01binary",
+        "[1, 2]",
+        json.dumps({"text": "no type"}),
+        json.dumps({"type": "dance"}),
+        json.dumps({"type": "chat", "text": 5}),
         json.dumps({"type": "chat", "text": ""}),
         json.dumps({"type": "resume", "message_id": "m", "after_seq": "3"}),
         json.dumps({"type": "history", "limit": "ten"}),
@@ -142,12 +150,14 @@ async def test_client_that_stops_reading_is_closed_with_4008(tuned_cluster) -> N
     gateway = cluster.spec.gateway_names[0]
     base = f"http://127.0.0.1:{cluster.spec.node_port(gateway)}"
     url = cluster.ws_url(sid(), user_id="slow").replace(
-        cluster.spec.public_url.split("//")[1], base.split("//")[1])
+        cluster.spec.public_url.split("//")[1], base.split("//")[1]
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1",
-                                                         cluster.spec.node_port(gateway)))
+    await asyncio.get_running_loop().sock_connect(
+        sock, ("127.0.0.1", cluster.spec.node_port(gateway))
+    )
     ws = await websockets.connect(url, sock=sock, max_queue=1, compression=None)
     json.loads(await ws.recv())
     pid = cluster.pid_of(gateway)
@@ -185,11 +195,11 @@ async def test_client_that_stops_reading_is_closed_with_4008(tuned_cluster) -> N
             await asyncio.sleep(0.1)
     finally:
         await redis.aclose()
-    client = ChatClient(cluster.ws_url(url.split("session_id=")[1].split("&")[0],
-                                       user_id="slow"))
+    client = ChatClient(cluster.ws_url(url.split("session_id=")[1].split("&")[0], user_id="slow"))
     await client.connect()
-    await client.send({"type": "resume", "message_id": answer.message_id,
-                       "after_seq": answer.last_seq})
+    await client.send(
+        {"type": "resume", "message_id": answer.message_id, "after_seq": answer.last_seq}
+    )
     await client.read_answer(answer, timeout=120)
     answer.assert_exactly_once()
     assert len(answer.seqs) == 20_000

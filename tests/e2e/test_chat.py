@@ -31,8 +31,11 @@ async def history_of(client: ChatClient) -> list[dict[str, object]]:
     return list(frame["messages"])
 
 
-async def clients_on_distinct_gateways(cluster, session_id: str, user: str = "u1",
-                                       ) -> tuple[ChatClient, ChatClient]:
+async def clients_on_distinct_gateways(
+    cluster,
+    session_id: str,
+    user: str = "u1",
+) -> tuple[ChatClient, ChatClient]:
     """Two connections of one session that landed on two different gateways."""
     first = ChatClient(cluster.ws_url(session_id, user_id=user), local_ip="127.0.1.1")
     await first.connect()
@@ -46,8 +49,10 @@ async def clients_on_distinct_gateways(cluster, session_id: str, user: str = "u1
 
 
 async def test_ten_clients_on_different_networks_get_complete_answers(cluster) -> None:
-    clients = [ChatClient(cluster.ws_url(sid(), user_id=f"user{n}"), local_ip=f"127.0.{n}.1")
-               for n in range(10, 22)]
+    clients = [
+        ChatClient(cluster.ws_url(sid(), user_id=f"user{n}"), local_ip=f"127.0.{n}.1")
+        for n in range(10, 22)
+    ]
     welcomes = await asyncio.gather(*(c.connect() for c in clients))
     assert len({w["node_id"] for w in welcomes}) >= 2, "ip_hash sent every /24 to one node"
 
@@ -184,20 +189,27 @@ async def test_lifecycle_events_reach_kafka(cluster) -> None:
     answer = await client.read_answer(Answer(ack["message_id"]))
     await client.close()
 
-    consumer = AIOKafkaConsumer("chat.events", bootstrap_servers=cluster.kafka_bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        "chat.events",
+        bootstrap_servers=cluster.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await consumer.start()
     seen: list[dict[str, object]] = []
     try:
         async with asyncio.timeout(20):
             while not any(e["type"] == "message.completed" for e in seen):
                 batch = await consumer.getmany(timeout_ms=500)
-                seen += [json.loads(r.value) for records in batch.values() for r in records
-                         if r.key == session.encode()]
+                seen += [
+                    json.loads(r.value)
+                    for records in batch.values()
+                    for r in records
+                    if r.key == session.encode()
+                ]
     finally:
         await consumer.stop()
-    assert [e["type"] for e in seen] == ["session.opened", "message.accepted",
-                                         "message.completed"]
+    assert [e["type"] for e in seen] == ["session.opened", "message.accepted", "message.completed"]
     completed = seen[-1]
     assert completed["message_id"] == answer.message_id
     assert completed["data"] == {"finish_reason": "stop", "usage": answer.done["usage"]}
@@ -227,7 +239,8 @@ async def test_a_changed_session_owner_is_seen_by_every_node(cluster) -> None:
 
     def direct(gateway: str, user: str) -> str:
         return cluster.ws_url(session, user_id=user).replace(
-            f":{cluster.spec.public_port}/", f":{cluster.spec.node_port(gateway)}/")
+            f":{cluster.spec.public_port}/", f":{cluster.spec.node_port(gateway)}/"
+        )
 
     first = ChatClient(direct(g1, "alice"))
     await first.connect()  # g1 now caches alice as the owner
@@ -259,10 +272,16 @@ async def test_a_changed_session_owner_is_seen_by_every_node(cluster) -> None:
 
 
 async def test_nodes_expose_the_correctness_metrics(cluster) -> None:
-    names = ["gateway_connections_open", "gateway_streams_relayed_total",
-             "gateway_chunks_sent_total", "gateway_resumes_total", "gateway_takeovers_total",
-             "gateway_slow_consumer_closes_total", "gateway_queue_depth_count",
-             "gateway_chunk_delay_seconds_count"]
+    names = [
+        "gateway_connections_open",
+        "gateway_streams_relayed_total",
+        "gateway_chunks_sent_total",
+        "gateway_resumes_total",
+        "gateway_takeovers_total",
+        "gateway_slow_consumer_closes_total",
+        "gateway_queue_depth_count",
+        "gateway_chunk_delay_seconds_count",
+    ]
     client = ChatClient(cluster.ws_url(sid(), user_id="metrics"), local_ip="127.0.36.1")
     welcome = await client.connect()
     ack = await client.chat("count me")
@@ -271,8 +290,9 @@ async def test_nodes_expose_the_correctness_metrics(cluster) -> None:
     base = cluster.node_url(welcome["node_id"])
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(base + "/metrics")).text
-        worker_text = "".join([(await http.get(cluster.node_url(w) + "/metrics")).text
-                               for w in cluster.worker_names])
+        worker_text = "".join(
+            [(await http.get(cluster.node_url(w) + "/metrics")).text for w in cluster.worker_names]
+        )
     for name in names:
         assert f"\n{name}" in text, name
     assert metric(base, "gateway_chunks_sent_total") > 0

@@ -41,8 +41,10 @@ async def test_kill9_gateway_mid_answer(cluster) -> None:
     killed_at = time.monotonic()
     cluster.kill9(gateway)
     await client.follow_resilient(answer)
-    print(f"\nresume after kill -9 of {gateway}: answer complete "
-          f"{time.monotonic() - killed_at:.2f}s later, reconnects={answer.reconnects}")
+    print(
+        f"\nresume after kill -9 of {gateway}: answer complete "
+        f"{time.monotonic() - killed_at:.2f}s later, reconnects={answer.reconnects}"
+    )
 
     assert answer.reconnects >= 1
     assert client.welcome is not None and client.welcome["node_id"] != gateway

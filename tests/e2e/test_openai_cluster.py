@@ -36,19 +36,23 @@ class FakeModel:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            headers = {k.strip().lower(): v.strip() for k, _, v in
-                       (line.partition(":") for line in head.split("\r\n")[1:] if line)}
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:] if line)
+            }
             body = json.loads(await reader.readexactly(int(headers["content-length"])))
             self.requests.append(body)
             self.auth.append(headers.get("authorization", ""))
             so_far = "".join(m["content"] for m in body["messages"] if m["role"] == "assistant")
-            rest = FULL_ANSWER[len(so_far):]
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"connection: close\r\n\r\n")
-            pieces = [rest[i:i + 7] for i in range(0, len(rest), 7)]
+            rest = FULL_ANSWER[len(so_far) :]
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            )
+            pieces = [rest[i : i + 7] for i in range(0, len(rest), 7)]
             for piece in pieces:
-                event = {"choices": [{"index": 0, "delta": {"content": piece},
-                                      "finish_reason": None}]}
+                event = {
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                }
                 writer.write(f"data: {json.dumps(event)}\n\n".encode())
                 await writer.drain()
                 await asyncio.sleep(0.04)
@@ -71,9 +75,17 @@ async def fake_model():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def openai_cluster(cluster_factory, fake_model):  # type: ignore[no-untyped-def]
     _, base_url = fake_model
-    return cluster_factory(gateways=1, workers=2, extra_env={
-        "MODEL_PROVIDER": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": API_KEY,
-        "OPENAI_MODEL": "fake-model", "BATCH_MAX_TOKENS": "1"})
+    return cluster_factory(
+        gateways=1,
+        workers=2,
+        extra_env={
+            "MODEL_PROVIDER": "openai",
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_API_KEY": API_KEY,
+            "OPENAI_MODEL": "fake-model",
+            "BATCH_MAX_TOKENS": "1",
+        },
+    )
 
 
 async def test_openai_answer_survives_a_worker_kill(openai_cluster, fake_model) -> None:

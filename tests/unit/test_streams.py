@@ -50,7 +50,6 @@ def test_seq_of_entry_id_rejects_non_chunk_ids(entry_id: str) -> None:
         seq_of_entry_id(entry_id)
 
 
-
 @pytest.mark.parametrize(
     "entry_id",
     [
