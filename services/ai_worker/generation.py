@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from services.ai_worker.batcher import TokenBatcher, batch_events
 from services.ai_worker.metrics import WorkerMetrics
@@ -21,6 +20,8 @@ from services.ai_worker.providers.base import (
     ModelProvider,
     ProviderError,
 )
+from services.common.generate import Outcome
+from services.common.lease import Lease
 from services.common.logging import message_id_var, session_id_var
 from services.common.message_store import (
     AppendOutcome,
@@ -33,22 +34,6 @@ from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """How a generation ended, as reported to the gateway."""
-
-    DONE = "done"
-    """The final record is written (by us or earlier)."""
-    LEASED = "leased"
-    """Another worker holds the lease."""
-    LOST = "lost"
-    """We lost the lease mid-answer; whoever holds it now continues."""
-    FAILED = "failed"
-    """The provider failed; the lease is released so another try can continue."""
-    HANDED_OVER = "handed_over"
-    """This worker is shutting down; the lease is released for another worker."""
-    NOT_FOUND = "not_found"
 
 
 @dataclass
@@ -97,7 +82,7 @@ class Generation:
         self._provider = provider
         self._settings = settings
         self._metrics = metrics
-        self._token: str | None = None
+        self._lease: Lease | None = None
         self.finished_with: tuple[str, FinishReason, Usage] | None = None
         """(session_id, reason, usage) when this generation wrote the final record."""
 
@@ -120,10 +105,10 @@ class Generation:
             self.progress.update(outcome=Outcome.FAILED, detail=repr(exc))
 
     async def _release(self) -> None:
-        if self._token is not None:
+        if self._lease is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._store.release_lease(self.message_id, self._token))
-            self._token = None
+                await asyncio.shield(self._lease.release())
+            self._lease = None
 
     async def _run(self) -> None:
         meta = await self._store.meta(self.message_id)
@@ -134,31 +119,16 @@ class Generation:
         if meta.status == MessageStatus.DONE:
             self.progress.update(last_seq=meta.last_seq, outcome=Outcome.DONE)
             return
-        self._token = await self._store.acquire_lease(
-            self.message_id, self._settings.lease_ttl_ms, self._settings.node_id
-        )
-        if self._token is None:
+        lease = await self._store.generators.acquire(self.message_id, self._settings.node_id)
+        if lease is None:
             self.progress.update(outcome=Outcome.LEASED)
             return
-        renewer = asyncio.create_task(self._renew_lease(), name=f"lease-{self.message_id}")
-        try:
-            await self._generate(meta)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        self._lease = lease
+        async with lease.kept():
+            await self._generate(meta, lease)
 
-    async def _renew_lease(self) -> None:
-        ttl = self._settings.lease_ttl_ms
-        while self._token is not None:
-            await asyncio.sleep(ttl / 3000)
-            token = self._token
-            if token is None or not await self._store.renew_lease(self.message_id, token, ttl):
-                return
-
-    async def _generate(self, meta: MessageMeta) -> None:
-        assert self._token is not None
-        token = self._token
+    async def _generate(self, meta: MessageMeta, lease: Lease) -> None:
+        token = lease.token
         text, last_seq, done = await self._cached(meta)
         if done is not None:
             self.progress.update(last_seq=done.last_seq, outcome=Outcome.DONE)
@@ -197,7 +167,8 @@ class Generation:
                         tokens=_estimate_tokens(item),
                     )
                     if outcome == AppendOutcome.LOST:
-                        self._token = None
+                        lease.forget()
+                        self._lease = None
                         self.progress.update(outcome=Outcome.LOST)
                         return
                     if outcome == AppendOutcome.CANCELLED:
@@ -218,7 +189,9 @@ class Generation:
             reason=reason,
             usage=usage,
         )
-        self._token = None
+        # The finish script dropped the lease (or another holder has it now).
+        lease.forget()
+        self._lease = None
         self.finished_with = (meta.session_id, reason, usage)
         self._metrics.finished.labels(reason.value).inc()
         log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})

@@ -17,7 +17,10 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class CloseCode(IntEnum):
+    NORMAL = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    """Bad session id after accept, or (before accept) a foreign Origin: HTTP 403."""
     TOO_BIG = 1009
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013

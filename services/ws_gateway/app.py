@@ -1,26 +1,34 @@
-"""The gateway's app factory: `/ws/chat`, a small REST surface and the ops routes."""
+"""The gateway's app factory: the lifespan builds the node and yields it as state.
+
+Routes: `/ws/chat` (endpoint.py), the REST surface under `/api/` (rest.py) and the
+ops routes. The node's long-lived loops (relay reader, stall watcher, notifier) run
+under a `TaskSupervisor`, so one that dies is restarted and `/ready` says so.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from services.common.errors import StorageError
 from services.common.kafka import EventPublisher
 from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
-from services.common.ops import ops_router
+from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
-from services.ws_gateway.context import Hub, NodeContext
-from services.ws_gateway.driver import Driver
+from services.common.tasks import TaskSupervisor
+from services.ws_gateway.context import NodeContext
+from services.ws_gateway.driver import Driver, WorkerClient
 from services.ws_gateway.endpoint import chat_router
+from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 from services.ws_gateway.notifier import Notifier
 from services.ws_gateway.relay import Relay
@@ -33,13 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.node_id, "ws_gateway", settings.log_level)
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
-    redis = redis_from_settings(settings)
-    keys = Keys(settings.redis_key_prefix)
-    hub = Hub()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with AsyncExitStack() as stack:
+            redis = redis_from_settings(settings)
             stack.push_async_callback(redis.aclose)
             blocking = redis_from_settings(settings, blocking=True)
             stack.push_async_callback(blocking.aclose)
@@ -52,12 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher = EventPublisher(settings, registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
+            keys = Keys(settings.redis_key_prefix)
             store = MessageStore(
                 redis,
                 keys,
                 stream_ttl=settings.stream_cache_ttl,
                 meta_ttl=settings.message_meta_ttl,
                 history_max=settings.history_max,
+                lease_ttl_ms=settings.lease_ttl_ms,
             )
             sessions = SessionStore(
                 redis,
@@ -66,59 +74,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 l1_max=settings.cache_l1_max_size,
                 l1_ttl=settings.cache_l1_expire_write,
             )
-            driver = Driver(http, redis, keys, store, settings, metrics)
-            stack.push_async_callback(driver.close)
-            relay = Relay(
-                redis,
-                blocking,
-                keys,
-                settings.node_id,
-                metrics,
-                on_stall=driver.adopt_if_orphaned,
-                stall_check_interval=settings.stall_check_interval,
+            hub = Hub()
+            driver = Driver(
+                store,
+                WorkerClient(http, settings.worker_url),
+                node_id=settings.node_id,
+                recovery_timeout=settings.stream_recovery_timeout,
+                metrics=metrics,
             )
+            stack.push_async_callback(driver.close)
+            relay = Relay(redis, blocking, keys, settings.node_id, hub, metrics)
             notifier = Notifier(
                 redis,
                 keys,
                 on_message_started=hub.message_started,
                 on_session_changed=sessions.invalidate,
             )
+            loops = TaskSupervisor()
+            stack.push_async_callback(loops.close)
+            loops.start("relay-reader", relay.run)
+            loops.start(
+                "stall-watcher", partial(driver.watch_stalls, hub, settings.stall_check_interval)
+            )
+            loops.start("notifier", notifier.run)
             ctx = NodeContext(
                 settings=settings,
                 store=store,
                 sessions=sessions,
+                hub=hub,
                 relay=relay,
                 driver=driver,
                 notifier=notifier,
                 publisher=publisher,
                 metrics=metrics,
-                hub=hub,
             )
-            app.state.ctx = ctx
-            tasks = [
-                asyncio.create_task(relay.run(), name="relay-reader"),
-                asyncio.create_task(relay.watch_stalls(), name="relay-stalls"),
-                asyncio.create_task(notifier.run(), name="notifier"),
-            ]
-            try:
-                yield
-            finally:
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")
+    app.add_exception_handler(StorageError, storage_unavailable)
     app.include_router(chat_router())
     app.include_router(rest_router())
     app.include_router(
-        ops_router(
-            service="ws_gateway",
-            node_id=settings.node_id,
-            redis=lambda: redis,
-            registry=registry,
-            ready=lambda: None,
-        )
+        ops_router(service="ws_gateway", node_id=settings.node_id, registry=registry)
     )
     return app
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """REST calls that hit a Redis failure answer 503, not a bare 500."""
+    return JSONResponse({"detail": "storage unavailable"}, status_code=503)

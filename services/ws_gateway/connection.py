@@ -1,36 +1,31 @@
-"""One client connection after the handshake: frames in, frames out.
+"""One client connection after the handshake: the socket loops and the frame handlers.
 
-Incoming frames are parsed at the edge and dispatched; replies and relayed chunks
-go through the connection's bounded `Outbox`, drained by one sender task. Chunks
-reach the client only from the message's Redis stream: a follow first subscribes to
-the node relay, pages through the cache after the client's seq as fast as the
-client reads, then goes live; `StreamCursor` drops what was already sent.
+Two tasks per socket: the receiver parses each frame at the edge and dispatches it;
+the connection's own task runs the `Sender`, which writes the bounded outbox. Chunks
+reach the client only from the message's Redis stream: following an answer joins the
+node relay, then a `Follower` (sans I/O) says which cache pages to read and which
+frames to queue, first catching up at the pace the client reads, then live.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
+from services.common.errors import StorageError
 from services.common.events import ChatEvent, EventType
 from services.common.message_store import AcceptOutcome
 from services.common.protocol import (
     AckFrame,
     CancelFrame,
     ChatFrame,
-    ChunkFrame,
     ClientFrame,
-    CloseCode,
-    DoneFrame,
     ErrorCode,
     ErrorFrame,
     FrameError,
@@ -40,14 +35,14 @@ from services.common.protocol import (
     PingFrame,
     PongFrame,
     ResumeFrame,
-    encode,
     parse_client_frame,
 )
-from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
+from services.common.streams import StreamEntry
+from services.common.tasks import cancel_and_wait
 from services.ws_gateway.context import NodeContext
-from services.ws_gateway.cursor import GapError, StreamCursor
-from services.ws_gateway.outbox import Outbox
+from services.ws_gateway.follower import Follower, SeenMessages, Step
 from services.ws_gateway.ratelimit import TokenBucket
+from services.ws_gateway.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +76,11 @@ class ClientError(Exception):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Follow:
-    cursor: StreamCursor
-    live: bool = False
+    follower: Follower
     task: asyncio.Task[None] | None = None
+    """The catch-up in progress, if any."""
 
 
 class Connection:
@@ -95,85 +90,62 @@ class Connection:
         self.session_id = session_id
         self.user_id = user_id
         s = ctx.settings
-        self.outbox = Outbox(limit=s.stream_max_pending_chunks, grace=s.stream_backpressure_delay)
-        self._ready = asyncio.Event()
+        self.sender = Sender(
+            limit=s.stream_max_pending_chunks,
+            grace=s.stream_backpressure_delay,
+            metrics=ctx.metrics,
+        )
         self._follows: dict[str, Follow] = {}
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seen = SeenMessages(SEEN_MAX)
         self._chats = TokenBucket(
             rate_per_s=s.chat_rate_per_minute / 60.0, burst=max(1.0, s.chat_rate_per_minute / 6.0)
         )
-        self._closing: asyncio.Event = asyncio.Event()
-        self._close_code = 1000
         self._spawned: set[asyncio.Task[None]] = set()
-        self._drained = asyncio.Event()
+        self._welcomed = False
+        self._early: list[str] = []
+        """Answers pushed before the welcome was queued; followed right after it."""
 
     # --- life ------------------------------------------------------------------------
 
     async def run(self, welcome: BaseModel) -> None:
         """Serve the connection until the client leaves or must be closed.
 
-        The sending loop runs in the caller's task and the receiving loop in one task
-        of its own: two tasks per connection, the least that can wait on both sides.
+        The sender runs in the caller's task and the receiver in one task of its own:
+        two tasks per connection, the least that can wait on both sides. `welcome` is
+        the first frame the client gets.
         """
-        self.send(welcome)
+        self.sender.send(welcome)
+        self._welcomed = True
+        for message_id in self._early:
+            self.push_new_message(message_id)
+        self._early.clear()
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
         # The client left (or its frames failed): wake the sender so it returns.
-        receiver.add_done_callback(lambda _task: self._ready.set())
+        receiver.add_done_callback(lambda _task: self.sender.stop())
         try:
-            await self._send_loop(receiver)
+            await self.sender.run(self.ws.send_text)
         except Exception:  # noqa: BLE001 - the socket is gone; nothing left to tell it
             log.debug("send failed; the client is gone", exc_info=True)
         finally:
-            for task in (receiver, *self._follow_tasks()):
-                task.cancel()
-            for task in (receiver, *self._follow_tasks()):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            catch_ups = [f.task for f in self._follows.values()]
+            await cancel_and_wait(receiver, *catch_ups, *self._spawned)
             for mid in list(self._follows):
-                self.ctx.relay.unsubscribe(mid, self)
+                self.ctx.relay.unfollow(mid, self)
             self._follows.clear()
-        if self._closing.is_set():
+        if self.sender.close_code is not None:
             # A client that stopped reading also blocks the close frame; give it a while
             # to read what is queued, then let the server drop the socket.
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self.ws.close(self._close_code)
-
-    def _follow_tasks(self) -> list[asyncio.Task[None]]:
-        tasks = [f.task for f in self._follows.values() if f.task is not None]
-        return tasks + list(self._spawned)
+                    await self.ws.close(self.sender.close_code)
+            except Exception:  # noqa: BLE001 - closing a socket that is already gone
+                log.debug("close failed; the client is gone", exc_info=True)
 
     def close(self, code: int) -> None:
-        if not self._closing.is_set():
-            self._close_code = code
-            self._closing.set()
-            self._ready.set()
+        self.sender.close(code)
 
     def send(self, frame: BaseModel) -> None:
-        if not self.outbox.push(encode(frame), time.monotonic()):
-            self._too_slow()
-            return
-        self._ready.set()
-
-    def _too_slow(self) -> None:
-        if not self._closing.is_set():
-            self.ctx.metrics.slow_closes.inc()
-            log.info("client too slow, closing with 4008", extra={"session_id": self.session_id})
-            self.close(CloseCode.TOO_SLOW)
-
-    async def _send_loop(self, receiver: asyncio.Task[None]) -> None:
-        while not self._closing.is_set() and not receiver.done():
-            await self._ready.wait()
-            self._ready.clear()
-            while len(self.outbox) and not self._closing.is_set():
-                if not self.outbox.check(time.monotonic()):
-                    self._too_slow()
-                    return
-                self.ctx.metrics.queue_depth.observe(len(self.outbox))
-                for text in self.outbox.pop_batch():
-                    await self.ws.send_text(text)
-                if len(self.outbox) <= self.outbox.limit // 4:
-                    self._drained.set()
+        self.sender.send(frame)
 
     async def _receive_loop(self) -> None:
         while True:
@@ -197,8 +169,8 @@ class Connection:
             self._error(exc.frame)
         except asyncio.CancelledError:
             raise
-        except RedisError:
-            log.exception("redis failed while handling a frame")
+        except StorageError:
+            log.exception("storage failed while handling a frame")
             self._error(ErrorFrame(code=ErrorCode.INTERNAL, message="storage unavailable"))
         except Exception:  # noqa: BLE001 - the connection stays usable
             log.exception("frame handling failed")
@@ -294,129 +266,119 @@ class Connection:
         meta = await self.ctx.store.meta(frame.message_id)
         if meta is None or meta.session_id != self.session_id:
             raise ClientError(
-                ErrorCode.NOT_FOUND, "no such message in this session", message_id=frame.message_id
+                ErrorCode.NOT_FOUND,
+                "no such message in this session",
+                message_id=frame.message_id,
             )
         if meta.status != MessageStatus.DONE:
             await self.ctx.store.cancel(frame.message_id)
             # A stream nobody generates any more still has to end.
             await self.ctx.driver.adopt_if_orphaned(frame.message_id)
 
-    # --- following streams ----------------------------------------------------------------
+    # --- following answers (the hub calls push_new_message and on_entries) --------------
 
     def push_new_message(self, message_id: str) -> None:
         """An answer started in this session: stream it from seq 1, once."""
+        if not self._welcomed:
+            self._early.append(message_id)
+            return
         if message_id in self._seen or message_id in self._follows:
             return
-        task = asyncio.create_task(self._follow(message_id, 0), name=f"follow-{message_id}")
+        task = asyncio.create_task(self._guarded_follow(message_id), name=f"follow-{message_id}")
         # Kept until it ends; cancelled with the connection.
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
 
-    async def _follow(self, message_id: str, after_seq: int) -> None:
-        if message_id in self._follows:
-            return
-        self._remember(message_id)
-        follow = Follow(cursor=StreamCursor(last_seq=after_seq))
-        self._follows[message_id] = follow
-        self.ctx.metrics.streams_relayed.inc()
-        await self.ctx.relay.subscribe(message_id, self, after_seq)
-        self._start_catch_up(message_id, follow)
-
-    def _start_catch_up(self, message_id: str, follow: Follow) -> None:
-        """Catch up in a task of its own, so a long replay never blocks the client's
-        other frames (cancel, ping)."""
-        follow.live = False
-        follow.task = asyncio.create_task(
-            self._guarded_catch_up(message_id, follow), name=f"catch-up-{message_id}"
-        )
-
-    async def _guarded_catch_up(self, message_id: str, follow: Follow) -> None:
+    async def _guarded_follow(self, message_id: str) -> None:
         try:
-            await self._catch_up(message_id, follow)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - the client is told and may resume again
-            log.exception("catch-up failed", extra={"message_id": message_id})
-            self._unfollow(message_id)
+            await self._follow(message_id, 0)
+        except StorageError as exc:
+            log.warning("could not follow a new answer", extra={"detail": str(exc)})
             self._error(
                 ErrorFrame(
                     code=ErrorCode.INTERNAL,
-                    message="replay failed; resume again",
+                    message="storage unavailable; resume this message",
                     message_id=message_id,
                 )
             )
 
-    async def _catch_up(self, message_id: str, follow: Follow) -> None:
-        """Page through the cache after the cursor, at the pace the client reads, until
-        a read finds nothing newer; then go live in the same step (no await between).
-
-        Live entries that arrive meanwhile are dropped: the pages cover them, and if
-        the relay's next batch starts past the cursor, `on_entries` comes back here.
-        """
-        page = max(1, min(CATCH_UP_PAGE, self.outbox.limit // 2))
-        while not follow.cursor.done:
-            await self._wait_for_room()
-            cached = await self.ctx.store.read_entries(
-                message_id, follow.cursor.last_seq, count=page
-            )
-            if not cached:
-                follow.live = True
-                return
-            self._emit(message_id, follow, cached, live=False)
-
-    async def _wait_for_room(self) -> None:
-        """Block while the client still has half a queue of frames to read."""
-        while len(self.outbox) > self.outbox.limit // 2 and not self._closing.is_set():
-            self._drained.clear()
-            await self._drained.wait()
+    async def _follow(self, message_id: str, after_seq: int) -> None:
+        if message_id in self._follows:
+            return
+        self._seen.add(message_id)
+        follow = Follow(Follower(message_id, after_seq))
+        self._follows[message_id] = follow
+        self.ctx.metrics.streams_relayed.inc()
+        try:
+            await self.ctx.relay.follow(message_id, self, after_seq)
+        except StorageError:
+            self._unfollow(message_id)
+            raise
+        self._apply(follow, follow.follower.start(), live=False)
 
     def on_entries(self, message_id: str, entries: list[StreamEntry]) -> None:
-        """Called by the relay with new entries of a followed stream."""
+        """New entries of a followed stream, from the relay (through the hub)."""
         follow = self._follows.get(message_id)
-        if follow is None or not follow.live:
-            return
-        try:
-            self._emit(message_id, follow, entries, live=True)
-        except GapError:
-            # The relay was ahead of this client's cursor: page the gap from the cache.
-            self._start_catch_up(message_id, follow)
+        if follow is not None:
+            self._apply(follow, follow.follower.on_live(entries), live=True)
 
-    def _emit(
-        self, message_id: str, follow: Follow, entries: list[StreamEntry], live: bool
-    ) -> None:
-        now_ms = time.time() * 1000
+    def _apply(self, follow: Follow, step: Step, *, live: bool) -> None:
+        """Queue a step's frames, and start the catch-up it asks for."""
+        self._queue(follow, step, live=live)
+        if step.read_after is not None:
+            # In a task of its own, so a long replay never blocks the client's other
+            # frames (cancel, ping).
+            follow.task = asyncio.create_task(
+                self._guarded_catch_up(follow, step.read_after),
+                name=f"catch-up-{follow.follower.message_id}",
+            )
+
+    def _queue(self, follow: Follow, step: Step, *, live: bool) -> None:
+        """Queue a step's frames and count them; end the follow once it is finished."""
+        for frame in step.frames:
+            self.send(frame)
         metrics = self.ctx.metrics
-        for entry in follow.cursor.accept(entries):
-            if isinstance(entry, ChunkEntry):
-                self.send(ChunkFrame(message_id=message_id, seq=entry.seq, delta=entry.delta))
-                metrics.chunks_sent.inc()
-                if live and entry.written_ms:
-                    metrics.chunk_delay.observe(max(0.0, (now_ms - entry.written_ms) / 1000))
-            elif isinstance(entry, DoneEntry):
-                if entry.error is not None:
-                    self.send(
-                        ErrorFrame(
-                            code=entry.error,
-                            message="no AI worker could finish the answer",
-                            message_id=message_id,
-                        )
-                    )
-                self.send(
-                    DoneFrame(
-                        message_id=message_id,
-                        last_seq=entry.last_seq,
-                        finish_reason=entry.finish_reason,
-                        usage=entry.usage,
-                    )
+        if step.chunks:
+            metrics.chunks_sent.inc(len(step.chunks))
+            if live:
+                now_ms = time.time() * 1000
+                for chunk in step.chunks:
+                    if chunk.written_ms:
+                        metrics.chunk_delay.observe(max(0.0, (now_ms - chunk.written_ms) / 1000))
+        if step.finished:
+            self._unfollow(follow.follower.message_id)
+
+    async def _guarded_catch_up(self, follow: Follow, after_seq: int) -> None:
+        mid = follow.follower.message_id
+        try:
+            await self._catch_up(follow, after_seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client is told and may resume again
+            log.exception("catch-up failed", extra={"message_id": mid})
+            self._unfollow(mid)
+            self._error(
+                ErrorFrame(
+                    code=ErrorCode.INTERNAL,
+                    message="replay failed; resume again",
+                    message_id=mid,
                 )
-                self._unfollow(message_id)
+            )
+
+    async def _catch_up(self, follow: Follow, after_seq: int) -> None:
+        """Page through the cache at the pace the client reads, until the follower is live
+        (it goes live on the empty page, with no await in between) or finished."""
+        page = max(1, min(CATCH_UP_PAGE, self.sender.outbox.limit // 2))
+        follower = follow.follower
+        read_after: int | None = after_seq
+        while read_after is not None:
+            await self.sender.wait_for_room()
+            cached = await self.ctx.store.read_entries(follower.message_id, read_after, count=page)
+            step = follower.on_page(cached)
+            self._queue(follow, step, live=False)
+            read_after = step.read_after
 
     def _unfollow(self, message_id: str) -> None:
-        if self._follows.pop(message_id, None) is not None:
-            self.ctx.relay.unsubscribe(message_id, self)
-
-    def _remember(self, message_id: str) -> None:
-        self._seen[message_id] = None
-        self._seen.move_to_end(message_id)
-        while len(self._seen) > SEEN_MAX:
-            self._seen.popitem(last=False)
+        follow = self._follows.pop(message_id, None)
+        if follow is not None:
+            self.ctx.relay.unfollow(message_id, self)

@@ -6,61 +6,106 @@ node notices a dead worker at once. When the call breaks, the same message id go
 to another worker, which continues after the last cached seq. If nothing makes
 progress for STREAM_RECOVERY_TIMEOUT, the answer ends with `upstream_unavailable`.
 
-One gateway drives a message at a time (a lease of its own in Redis), so a gateway
-that finds a stream nobody generates (its driver died too) can take over.
+One gateway drives a message at a time (the message's driver lease), so a gateway
+that finds a stream nobody generates (its driver died too) can take over: the stall
+watcher hands such streams to `adopt_if_orphaned`. Everything Redis-facing goes
+through `MessageStore`; the decisions (what a call's outcome means, when to give up)
+are pure functions below.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
-import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 import httpx
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from services.common.keys import Keys
+from services.common.errors import StorageError
+from services.common.generate import (
+    GENERATE_PATH,
+    EventKind,
+    GenerateRequest,
+    Outcome,
+    parse_event,
+)
 from services.common.logging import message_id_var, session_id_var
 from services.common.message_store import FinishOutcome, MessageStore
 from services.common.protocol import ErrorCode, FinishReason, MessageStatus, Usage
-from services.common.settings import Settings
 from services.common.streams import ChunkEntry
+from services.common.tasks import cancel_and_wait
+from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
-DRIVER_TTL_MS = 10_000
+#: A followed stream with no entry for this long is checked for a missing generator.
+STALL_AFTER_S = 2.0
+LEASE_POLL_S = 0.1
 
 
 class CallResult(StrEnum):
     DONE = "done"
+    """The answer is finished (or gone): stop driving."""
     LEASED = "leased"
+    """Another worker generates it: wait for its lease to end."""
     RETRY = "retry"
+    """The call failed: call again (another worker), unless it is time to give up."""
+
+
+def call_result(outcome: Outcome) -> CallResult:
+    """What the driver does after a worker reported `outcome`."""
+    if outcome in (Outcome.DONE, Outcome.NOT_FOUND):
+        return CallResult.DONE
+    if outcome == Outcome.LEASED:
+        return CallResult.LEASED
+    return CallResult.RETRY
+
+
+@dataclass
+class Backoff:
+    """The driver's retry schedule: doubling from `first` to `cap`, reset on progress."""
+
+    first: float = 0.05
+    cap: float = 1.0
+    current: float = 0.05
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+CallWorker = Callable[[str], Awaitable[tuple[CallResult, bool]]]
+"""One generate call for a message id: (how it ended, whether the answer progressed)."""
 
 
 class Driver:
     def __init__(
         self,
-        http: httpx.AsyncClient,
-        redis: Redis,
-        keys: Keys,
         store: MessageStore,
-        settings: Settings,
+        call_worker: CallWorker,
+        *,
+        node_id: str,
+        recovery_timeout: float,
         metrics: GatewayMetrics,
     ) -> None:
-        self._http = http
-        self._r = redis
-        self._k = keys
         self._store = store
-        self._settings = settings
+        self._call = call_worker
+        self._node_id = node_id
+        self._recovery_timeout = recovery_timeout
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._token = f"{settings.node_id}:{uuid.uuid4().hex[:8]}"
+
+    @property
+    def driving(self) -> int:
+        return len(self._tasks)
 
     def drive(self, message_id: str, session_id: str) -> None:
         """Start driving the message unless this node already does."""
@@ -76,58 +121,43 @@ class Driver:
         """Drive a followed stream that nobody generates or drives (both died)."""
         if message_id in self._tasks:
             return
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.exists(self._k.message_lease(message_id))
-            pipe.exists(self._k.message_driver(message_id))
-            pipe.hmget(self._k.message_meta(message_id), "status", "session_id")
-            lease, driver, (status, session_id) = await pipe.execute()
-        if lease or driver or status in (None, MessageStatus.DONE) or session_id is None:
+        session_id = await self._store.orphaned(message_id)
+        if session_id is None:
             return
         log.info("adopting an orphaned answer", extra={"message_id": message_id})
         self.drive(message_id, session_id)
 
+    async def watch_stalls(self, hub: Hub, interval: float) -> None:
+        """Hand followed streams that stopped moving to `adopt_if_orphaned`."""
+        while True:
+            await asyncio.sleep(interval)
+            for message_id in hub.stalled(time.monotonic(), STALL_AFTER_S):
+                try:
+                    await self.adopt_if_orphaned(message_id)
+                except StorageError as exc:
+                    log.warning("stall check failed", extra={"detail": str(exc)})
+
     async def close(self) -> None:
         """Stop driving; workers go on generating and another node can adopt."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks.values())
 
     async def _guarded(self, message_id: str, session_id: str) -> None:
         message_id_var.set(message_id)
         session_id_var.set(session_id)
-        key = self._k.message_driver(message_id)
-        if not await self._r.set(key, self._token, nx=True, px=DRIVER_TTL_MS):
-            return
-        renew = asyncio.create_task(self._renew(key))
         try:
-            await self._drive(message_id, session_id)
+            lease = await self._store.drivers.acquire(message_id, self._node_id)
+            if lease is None:
+                return
+            async with lease.kept():
+                await self._drive(message_id, session_id)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a driver must never die silently
             log.exception("driver failed")
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await renew
-            with contextlib.suppress(RedisError):
-                await asyncio.shield(self._release(key))
-
-    async def _renew(self, key: str) -> None:
-        while True:
-            await asyncio.sleep(DRIVER_TTL_MS / 3000)
-            with contextlib.suppress(RedisError):
-                await self._r.pexpire(key, DRIVER_TTL_MS)
-
-    async def _release(self, key: str) -> None:
-        if await self._r.get(key) == self._token:
-            await self._r.delete(key)
 
     async def _drive(self, message_id: str, session_id: str) -> None:
         last_progress = time.monotonic()
-        backoff = 0.05
+        backoff = Backoff()
         attempt = 0
         while True:
             meta = await self._store.meta(message_id)
@@ -140,7 +170,8 @@ class Driver:
             result, progressed = await self._call(message_id)
             now = time.monotonic()
             if progressed:
-                last_progress, backoff = now, 0.05
+                last_progress = now
+                backoff.reset()
             if result == CallResult.DONE:
                 return
             if result == CallResult.LEASED:
@@ -148,48 +179,21 @@ class Driver:
                     last_progress = time.monotonic()
                 attempt = 0
                 continue
-            if now - last_progress > self._settings.stream_recovery_timeout:
+            if now - last_progress > self._recovery_timeout:
                 await self._give_up(message_id, session_id)
                 return
-            if await self._store.is_cancelled(message_id):
-                if await self._finish_unleased(
-                    message_id, session_id, FinishReason.CANCELLED, None
-                ):
-                    return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
-
-    async def _call(self, message_id: str) -> tuple[CallResult, bool]:
-        """One generate call; returns how it ended and whether the answer progressed."""
-        progressed = False
-        url = self._settings.worker_url.rstrip("/") + "/v1/generate"
-        try:
-            async with self._http.stream("POST", url, json={"message_id": message_id}) as resp:
-                if resp.status_code != 200:
-                    log.warning("worker refused", extra={"detail": resp.status_code})
-                    return CallResult.RETRY, False
-                async for line in resp.aiter_lines():
-                    if not line:
-                        continue
-                    event = json.loads(line).get("event")
-                    if event == "progress":
-                        progressed = True
-                    elif event in ("done", "not_found"):
-                        return CallResult.DONE, True
-                    elif event == "leased":
-                        return CallResult.LEASED, progressed
-                    elif event in ("failed", "lost", "handed_over"):
-                        return CallResult.RETRY, progressed
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("generate call broke", extra={"detail": repr(exc)})
-        return CallResult.RETRY, progressed
+            if await self._store.is_cancelled(message_id) and await self._finish_unleased(
+                message_id, session_id, FinishReason.CANCELLED, None
+            ):
+                return
+            await asyncio.sleep(backoff.next())
 
     async def _wait_lease_gone(self, message_id: str) -> bool:
         """Wait while another worker holds the lease; True if it made progress meanwhile."""
         start = await self._store.meta(message_id)
         start_seq = start.last_seq if start else 0
-        while await self._store.lease_holder(message_id) is not None:  # noqa: ASYNC110 - Redis, not local state
-            await asyncio.sleep(0.1)
+        while await self._store.generators.holder(message_id) is not None:  # noqa: ASYNC110 - Redis, not local state
+            await asyncio.sleep(LEASE_POLL_S)
         end = await self._store.meta(message_id)
         return end is not None and end.last_seq > start_seq
 
@@ -218,3 +222,32 @@ class Driver:
             error=error,
         )
         return outcome in (FinishOutcome.OK, FinishOutcome.ALREADY_DONE)
+
+
+class WorkerClient:
+    """Calls `POST /v1/generate` through nginx and reads the NDJSON to its outcome."""
+
+    def __init__(self, http: httpx.AsyncClient, worker_url: str) -> None:
+        self._http = http
+        self._url = worker_url.rstrip("/") + GENERATE_PATH
+
+    async def __call__(self, message_id: str) -> tuple[CallResult, bool]:
+        progressed = False
+        body = GenerateRequest(message_id=message_id).model_dump()
+        try:
+            async with self._http.stream("POST", self._url, json=body) as resp:
+                if resp.status_code != 200:
+                    log.warning("worker refused", extra={"detail": resp.status_code})
+                    return CallResult.RETRY, False
+                async for line in resp.aiter_lines():
+                    if not line:
+                        continue
+                    event = parse_event(line)
+                    if event.outcome is not None:
+                        result = call_result(event.outcome)
+                        return result, progressed or result == CallResult.DONE
+                    if event.event == EventKind.PROGRESS:
+                        progressed = True
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("generate call broke", extra={"detail": repr(exc)})
+        return CallResult.RETRY, progressed

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
 
 from fastapi import APIRouter
-from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
+from services.common.clock import now_iso
+from services.common.errors import StorageError
 from services.common.events import ChatEvent, EventType
 from services.common.logging import session_id_var
 from services.common.protocol import (
@@ -34,12 +34,12 @@ def chat_router() -> APIRouter:
 
     @router.websocket("/ws/chat")
     async def chat(ws: WebSocket) -> None:
-        ctx: NodeContext = ws.app.state.ctx
+        ctx: NodeContext = ws.state.ctx
         settings = ctx.settings
         origin = ws.headers.get("origin")
         if origin is not None and "*" not in settings.origins and origin not in settings.origins:
             log.info("refused a foreign origin", extra={"detail": origin})
-            await ws.close(code=1008)  # before accept: the handshake fails with HTTP 403
+            await ws.close(code=CloseCode.POLICY_VIOLATION)  # before accept: HTTP 403
             return
         subprotocol_token = token_from_subprotocols(ws.scope.get("subprotocols", []))
         await ws.accept(subprotocol="bearer" if subprotocol_token else None)
@@ -53,7 +53,7 @@ def chat_router() -> APIRouter:
                     )
                 )
             )
-            await ws.close(code=1008)
+            await ws.close(code=CloseCode.POLICY_VIOLATION)
             return
         session_id_var.set(session_id)
         try:
@@ -69,16 +69,17 @@ def chat_router() -> APIRouter:
             return
         try:
             _, created = await ctx.sessions.open(session_id, user_id)
+            if created:
+                await ctx.notifier.session_changed(session_id)
         except Forbidden:
             log.info("refused another user's session", extra={"user_id": user_id})
             await ws.close(code=CloseCode.FORBIDDEN, reason="session belongs to another user")
             return
-        except RedisError:
+        except StorageError:
             log.exception("session store unavailable")
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
             return
         if created:
-            await ctx.notifier.session_changed(session_id)
             ctx.publisher.publish(
                 ChatEvent(
                     type=EventType.SESSION_OPENED,
@@ -88,22 +89,28 @@ def chat_router() -> APIRouter:
                 )
             )
         conn = Connection(ws, ctx, session_id, user_id)
-        # Join before listing streams, so an answer starting now is listed or pushed.
-        await ctx.notifier.join(session_id)
-        ctx.hub.add(session_id, conn)
+        ctx.hub.join(session_id, conn)
         ctx.metrics.connections.inc()
         try:
-            welcome = WelcomeFrame(
-                session_id=session_id,
-                user_id=user_id,
-                node_id=settings.node_id,
-                server_time=datetime.now(UTC).isoformat(),
-                streams=await ctx.store.session_streams(session_id),
-            )
+            # Join before listing streams, so an answer starting now is listed or pushed
+            # (a push before the welcome is queued waits for it: see Connection.run).
+            try:
+                await ctx.notifier.join(session_id)
+                welcome = WelcomeFrame(
+                    session_id=session_id,
+                    user_id=user_id,
+                    node_id=settings.node_id,
+                    server_time=now_iso(),
+                    streams=await ctx.store.session_streams(session_id),
+                )
+            except StorageError:
+                log.exception("could not join the session's notices or list its streams")
+                await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
+                return
             await conn.run(welcome)
         finally:
             ctx.metrics.connections.dec()
-            ctx.hub.remove(session_id, conn)
+            ctx.hub.leave(session_id, conn)
             ctx.notifier.leave(session_id)
 
     return router

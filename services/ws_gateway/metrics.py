@@ -44,6 +44,11 @@ class GatewayMetrics:
         self.reader_batches = Counter(
             "gateway_relay_reads", "XREAD calls of the node's relay reader", registry=registry
         )
+        self.malformed_entries = Counter(
+            "gateway_malformed_stream_entries",
+            "Stream entries the relay could not decode and skipped",
+            registry=registry,
+        )
         self.errors = Counter(
             "gateway_errors_sent", "Error frames by code", ["code"], registry=registry
         )

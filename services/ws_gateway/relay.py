@@ -1,9 +1,11 @@
-"""The node's relay: one reader that XREADs every followed message stream at once.
+"""The node's relay: the one Redis reader that XREADs every followed message stream.
 
-Connections subscribe to message ids; the reader pushes decoded entries up through
-`Subscriber.on_entries` and never knows about WebSockets. One blocking Redis
-connection serves the whole node. New subscriptions wake the reader through a
-per-node wake stream, so a new key is read at once, not after the block timeout.
+It asks the hub which streams to read and where from, blocks on all of them (and on
+the node's wake stream) with one connection, decodes what arrives and hands it back
+to the hub. It knows nothing of WebSockets. A new stream wakes the reader through
+the per-node wake stream, so its first entries are read at once, not after the block
+timeout. An entry that cannot be decoded is logged, counted and skipped: it must not
+stop the node's only reader.
 """
 
 from __future__ import annotations
@@ -11,26 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.keys import DONE_ENTRY_ID, Keys, chunk_entry_id
+from services.common.errors import StorageError
+from services.common.keys import Keys
 from services.common.streams import StreamEntry, decode_entry
+from services.ws_gateway.hub import FollowedStream, Hub, Member
 from services.ws_gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 5_000
 COUNT_PER_STREAM = 512
-#: A followed stream with no entry for this long is checked for a missing generator.
-STALL_AFTER_S = 2.0
-
-
-class Subscriber(Protocol):
-    def on_entries(self, message_id: str, entries: list[StreamEntry]) -> None: ...
 
 
 class Relay:
@@ -40,91 +36,65 @@ class Relay:
         blocking_redis: Redis,
         keys: Keys,
         node_id: str,
+        hub: Hub,
         metrics: GatewayMetrics,
-        on_stall: Callable[[str], Awaitable[None]],
-        stall_check_interval: float,
     ) -> None:
         self._r = redis
         self._br = blocking_redis
         self._k = keys
         self._wake_key = keys.node_wake(node_id)
+        self._hub = hub
         self._metrics = metrics
-        self._on_stall = on_stall
-        self._stall_interval = stall_check_interval
-        self._subs: dict[str, set[Subscriber]] = {}
-        self._pos: dict[str, str] = {}
-        self._key_to_mid: dict[str, str] = {}
-        self._active_at: dict[str, float] = {}
 
-    @property
-    def followed(self) -> int:
-        return len(self._subs)
+    async def follow(self, message_id: str, member: Member, after_seq: int) -> None:
+        """Follow a stream: a new one from after `after_seq`, else from where the reader
+        is. Raises StorageError if the reader could not be woken."""
+        key = self._k.message_stream(message_id)
+        if self._hub.follow(message_id, key, member, after_seq, time.monotonic()):
+            try:
+                await self._r.xadd(self._wake_key, {"k": message_id}, maxlen=16, approximate=True)
+            except RedisError as exc:
+                raise StorageError(f"waking the relay: {exc}") from exc
 
-    async def subscribe(self, message_id: str, sub: Subscriber, after_seq: int) -> None:
-        """Follow a stream from after `after_seq` (a new key) or from where the reader is."""
-        subs = self._subs.setdefault(message_id, set())
-        subs.add(sub)
-        if message_id not in self._pos:
-            self._pos[message_id] = chunk_entry_id(after_seq)
-            self._key_to_mid[self._k.message_stream(message_id)] = message_id
-            self._active_at[message_id] = time.monotonic()
-            await self._r.xadd(self._wake_key, {"k": message_id}, maxlen=16, approximate=True)
-
-    def unsubscribe(self, message_id: str, sub: Subscriber) -> None:
-        subs = self._subs.get(message_id)
-        if subs is None:
-            return
-        subs.discard(sub)
-        if not subs:
-            del self._subs[message_id]
-            self._pos.pop(message_id, None)
-            self._active_at.pop(message_id, None)
-            self._key_to_mid.pop(self._k.message_stream(message_id), None)
+    def unfollow(self, message_id: str, member: Member) -> None:
+        self._hub.unfollow(message_id, member)
 
     async def run(self) -> None:
         """Read forever; Redis errors are logged and retried with backoff."""
         backoff = 0.1
         while True:
             try:
-                await self._read_once()
+                await self.read_once()
                 backoff = 0.1
             except RedisError as exc:
                 log.warning("relay read failed", extra={"detail": str(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _read_once(self) -> None:
-        streams: dict[str, str] = {self._wake_key: "$"}
-        for mid, pos in self._pos.items():
-            if pos != DONE_ENTRY_ID:
-                streams[self._k.message_stream(mid)] = pos
-        reply = await self._br.xread(streams, count=COUNT_PER_STREAM, block=BLOCK_MS)
+    async def read_once(self, block_ms: int = BLOCK_MS) -> None:
+        """One XREAD over every followed stream and the wake stream."""
+        reading = {s.key: s for s in self._hub.to_read()}
+        streams = {self._wake_key: "$", **{key: s.position for key, s in reading.items()}}
+        reply = await self._br.xread(streams, count=COUNT_PER_STREAM, block=block_ms)
         self._metrics.reader_batches.inc()
         now = time.monotonic()
         for key, raw_entries in reply or []:
-            found = self._key_to_mid.get(key)
-            if found is None or found not in self._pos or not raw_entries:
+            stream = reading.get(key)
+            if stream is None or not raw_entries:
                 continue
-            mid = found
-            self._pos[mid] = raw_entries[-1][0]
-            self._active_at[mid] = now
-            entries = [decode_entry(eid, fields) for eid, fields in raw_entries]
-            for sub in list(self._subs.get(mid, ())):
-                sub.on_entries(mid, entries)
+            self._hub.deliver(stream, raw_entries[-1][0], self._decode(stream, raw_entries), now)
 
-    async def watch_stalls(self) -> None:
-        """Hand streams nobody is generating to `on_stall` (it decides what to do)."""
-        while True:
-            await asyncio.sleep(self._stall_interval)
-            now = time.monotonic()
-            stalled = [
-                mid
-                for mid, at in self._active_at.items()
-                if now - at > STALL_AFTER_S and self._pos.get(mid) != DONE_ENTRY_ID
-            ]
-            for mid in stalled:
-                self._active_at[mid] = now
-                try:
-                    await self._on_stall(mid)
-                except RedisError as exc:
-                    log.warning("stall check failed", extra={"detail": str(exc)})
+    def _decode(
+        self, stream: FollowedStream, raw: list[tuple[str, dict[str, str]]]
+    ) -> list[StreamEntry]:
+        entries: list[StreamEntry] = []
+        for entry_id, fields in raw:
+            try:
+                entries.append(decode_entry(entry_id, fields))
+            except ValueError as exc:
+                self._metrics.malformed_entries.inc()
+                log.error(
+                    "skipped a malformed stream entry",
+                    extra={"message_id": stream.message_id, "detail": str(exc)},
+                )
+        return entries

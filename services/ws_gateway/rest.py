@@ -14,12 +14,12 @@ def rest_router() -> APIRouter:
 
     @router.get("/info")
     async def info(request: Request) -> dict[str, object]:
-        ctx: NodeContext = request.app.state.ctx
+        ctx: NodeContext = request.state.ctx
         return {
             "protocol": PROTOCOL_VERSION,
             "node_id": ctx.settings.node_id,
-            "connections": len(ctx.hub.members()),
-            "streams_followed": ctx.relay.followed,
+            "connections": ctx.hub.connections,
+            "streams_followed": ctx.hub.streams,
         }
 
     @router.get("/sessions/{session_id}/history")
@@ -31,7 +31,7 @@ def rest_router() -> APIRouter:
         user_id: str | None = None,
     ) -> HistoryFrame:
         """The session's recent messages; `Authorization: Bearer TOKEN`, owner only."""
-        ctx: NodeContext = request.app.state.ctx
+        ctx: NodeContext = request.state.ctx
         token = authorization.removeprefix("Bearer ").strip() or None
         try:
             uid = authenticate(

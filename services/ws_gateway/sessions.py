@@ -11,24 +11,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.common.clock import now_iso
+from services.common.errors import storage_op
 from services.common.keys import Keys
-from services.common.message_store import now_iso
+from services.common.scripts import SESSION_OPEN
 from services.ws_gateway.l1cache import L1Cache
-
-_OPEN = """
--- KEYS: session, sessions_active, user_sessions   ARGV: user_id, now, ttl, session_id
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'created_at', ARGV[2], 'last_seen', ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
-  redis.call('SADD', KEYS[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return {ARGV[1], ARGV[2], 1}
-end
-redis.call('HSET', KEYS[1], 'last_seen', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {owner, redis.call('HGET', KEYS[1], 'created_at'), 0}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +37,11 @@ class SessionStore:
         self._k = keys
         self._ttl = l2_ttl
         self._l1: L1Cache[SessionRecord] = L1Cache(l1_max, l1_ttl, time.monotonic)
-        self._open = redis.register_script(_OPEN)
+        self._open = SESSION_OPEN.bind(redis)
 
     async def open(self, session_id: str, user_id: str) -> tuple[SessionRecord, bool]:
-        """Create or rejoin a session; returns (record, created). Raises Forbidden.
+        """Create or rejoin a session; returns (record, created). Raises Forbidden, or
+        StorageError when Redis fails.
 
         An L1 hit answers without Redis (a reconnect storm after a node dies costs no
         round trips); `last_seen` is then refreshed when the L1 entry expires.
@@ -64,12 +52,17 @@ class SessionStore:
                 raise Forbidden(session_id)
             return cached, False
         owner, created_at, created = await self._open(
-            keys=[
-                self._k.session(session_id),
-                self._k.sessions_active(),
-                self._k.user_sessions(user_id),
-            ],
-            args=[user_id, now_iso(), self._ttl, session_id],
+            keys={
+                "session": self._k.session(session_id),
+                "sessions_active": self._k.sessions_active(),
+                "user_sessions": self._k.user_sessions(user_id),
+            },
+            args={
+                "user_id": user_id,
+                "now_iso": now_iso(),
+                "ttl_s": self._ttl,
+                "session_id": session_id,
+            },
         )
         record = SessionRecord(session_id, owner, created_at)
         self._l1.put(session_id, record)
@@ -80,6 +73,7 @@ class SessionStore:
     def invalidate(self, session_id: str) -> None:
         self._l1.invalidate(session_id)
 
+    @storage_op
     async def owner(self, session_id: str) -> str | None:
         """The session's owner, or None when there is no such session (L1 first)."""
         cached = self._l1.get(session_id)

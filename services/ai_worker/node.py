@@ -1,0 +1,89 @@
+"""The worker node: its in-flight generations, one task per message, owned here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from services.ai_worker.generation import Generation
+from services.ai_worker.metrics import WorkerMetrics
+from services.ai_worker.providers import build_provider
+from services.common.events import ChatEvent, EventType
+from services.common.generate import Outcome
+from services.common.kafka import EventPublisher
+from services.common.message_store import MessageStore
+from services.common.settings import Settings
+from services.common.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Starts generations (at most one per message id) and drains them on shutdown."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MessageStore,
+        publisher: EventPublisher,
+        metrics: WorkerMetrics,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.provider = build_provider(settings, http)
+        self.running: dict[str, tuple[Generation, asyncio.Task[None]]] = {}
+        self.draining = False
+
+    def ready_problem(self) -> str | None:
+        return "draining" if self.draining else None
+
+    def start(self, message_id: str) -> Generation:
+        current = self.running.get(message_id)
+        if current is not None:
+            return current[0]
+        gen = Generation(
+            message_id,
+            store=self.store,
+            provider=self.provider,
+            settings=self.settings,
+            metrics=self.metrics,
+        )
+        task = asyncio.create_task(self._run(gen), name=f"generate-{message_id}")
+        self.running[message_id] = (gen, task)
+        return gen
+
+    async def _run(self, gen: Generation) -> None:
+        self.metrics.in_flight.inc()
+        try:
+            await gen.run()
+        finally:
+            self.metrics.in_flight.dec()
+            self.running.pop(gen.message_id, None)
+            if gen.progress.outcome == Outcome.LEASED:
+                self.metrics.leased_elsewhere.inc()
+            if gen.finished_with is not None:
+                session_id, reason, usage = gen.finished_with
+                self.publisher.publish(
+                    ChatEvent(
+                        type=EventType.MESSAGE_COMPLETED,
+                        session_id=session_id,
+                        node_id=self.settings.node_id,
+                        message_id=gen.message_id,
+                        data={"finish_reason": reason.value, "usage": usage.model_dump()},
+                    )
+                )
+
+    async def drain(self) -> None:
+        """Let in-flight answers finish for a while, then hand the rest over."""
+        self.draining = True
+        tasks = [task for _, task in self.running.values()]
+        if tasks:
+            log.info("draining generations", extra={"detail": len(tasks)})
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.worker_drain_timeout)
+            await cancel_and_wait(*pending)
+        await self.provider.aclose()

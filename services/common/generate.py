@@ -1,0 +1,82 @@
+"""The gateway-worker contract of `POST /v1/generate`, parsed on both ends.
+
+The gateway posts a `GenerateRequest`; the worker answers with NDJSON: `progress`
+lines carrying the last seq written, `heartbeat` lines while nothing changes, and
+one last line whose event is an `Outcome`. A worker that is shutting down answers
+503 with `{"event": "draining"}`. Chunks themselves never travel here: they go
+through the message's Redis stream.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GENERATE_PATH = "/v1/generate"
+
+
+class GenerateRequest(BaseModel):
+    """Generate (or continue) `message_id`; idempotent per message id."""
+
+    message_id: str = Field(min_length=1, max_length=128)
+
+
+class Outcome(StrEnum):
+    """How a generation ended, as the worker reports it."""
+
+    DONE = "done"
+    """The final record is written (by this worker or earlier)."""
+    LEASED = "leased"
+    """Another worker holds the lease."""
+    LOST = "lost"
+    """The lease was lost mid-answer; whoever holds it now continues."""
+    FAILED = "failed"
+    """The provider failed; the lease is released so another try can continue."""
+    HANDED_OVER = "handed_over"
+    """The worker is shutting down; the lease is released for another worker."""
+    NOT_FOUND = "not_found"
+    """No such message."""
+
+
+class EventKind(StrEnum):
+    PROGRESS = "progress"
+    HEARTBEAT = "heartbeat"
+    DRAINING = "draining"
+
+
+class GenerateEvent(BaseModel):
+    """One NDJSON line of the response (or the 503 body, `draining`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event: EventKind | Outcome
+    last_seq: int = 0
+    detail: str = ""
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.event if isinstance(self.event, Outcome) else None
+
+    def line(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=True).encode() + b"\n"
+
+
+def progress_line(last_seq: int) -> bytes:
+    return GenerateEvent(event=EventKind.PROGRESS, last_seq=last_seq).line()
+
+
+def heartbeat_line() -> bytes:
+    return GenerateEvent(event=EventKind.HEARTBEAT).line()
+
+
+def outcome_line(outcome: Outcome, last_seq: int, detail: str = "") -> bytes:
+    return GenerateEvent(event=outcome, last_seq=last_seq, detail=detail).line()
+
+
+def parse_event(line: str | bytes) -> GenerateEvent:
+    """Parse one line; raises ValueError for anything that is not a known event."""
+    try:
+        return GenerateEvent.model_validate_json(line)
+    except ValidationError as exc:
+        raise ValueError(f"not a generate event: {line[:200]!r}") from exc

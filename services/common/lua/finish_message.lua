@@ -1,0 +1,34 @@
+-- Write an answer's final record (entry id done_entry_id), its history item, and
+-- free the session for the next chat. token '' finishes only a message nobody leases.
+-- Returns 'ok', 'lost' (another token holds the lease), 'leased' (token '' and
+-- somebody holds it) or 'done' (already finished; nothing written).
+local lease = KEYS[1]
+local stream = KEYS[2]
+local meta = KEYS[3]
+local session_active = KEYS[4]
+local history = KEYS[5]
+local token = ARGV[1]
+local message_id = ARGV[2]
+local stream_ttl_s = ARGV[3]
+local history_item_json = ARGV[4]
+local history_max = ARGV[5]
+local last_seq = ARGV[6]
+local finish_reason = ARGV[7]
+local done_entry_id = ARGV[8]
+local done_fields = {unpack(ARGV, 9)}
+
+local holder = redis.call('GET', lease)
+if token == '' then
+  if holder then return 'leased' end
+elseif holder ~= token then
+  return 'lost'
+end
+if redis.call('HGET', meta, 'status') == 'done' then return 'done' end
+redis.call('XADD', stream, done_entry_id, unpack(done_fields))
+redis.call('EXPIRE', stream, stream_ttl_s)
+redis.call('HSET', meta, 'status', 'done', 'last_seq', last_seq, 'finish_reason', finish_reason)
+if redis.call('GET', session_active) == message_id then redis.call('DEL', session_active) end
+redis.call('RPUSH', history, history_item_json)
+redis.call('LTRIM', history, -tonumber(history_max), -1)
+if token ~= '' then redis.call('DEL', lease) end
+return 'ok'

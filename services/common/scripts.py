@@ -1,0 +1,128 @@
+"""Lua scripts as files in `lua/`, called with named keys and args.
+
+Every script starts by binding each KEYS/ARGV slot it uses to a named local, in
+order, and may take the rest of ARGV as one table:
+
+    local lease = KEYS[1]
+    local token = ARGV[1]
+    local fields = {unpack(ARGV, 2)}
+
+`LuaScript` reads those names from the file, and a call passes keys and args by the
+same names: a missing, extra or misspelt name raises before anything reaches Redis,
+so a call site and its script cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.common.errors import StorageError
+
+_BINDING = re.compile(r"^local (\w+) = (KEYS|ARGV)\[(\d+)\]\s*$")
+_REST = re.compile(r"^local (\w+) = \{unpack\(ARGV, (\d+)\)\}\s*$")
+
+Scalar = str | int | float
+
+
+class ScriptSignatureError(ValueError):
+    """A script's header is malformed, or a call's names do not match it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """The named KEYS and ARGV slots of a script, in slot order."""
+
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    rest: str | None
+    """The name of the table that takes ARGV past the named args, if any."""
+
+
+def parse_signature(name: str, source: str) -> Signature:
+    """Read the bindings at the top of a script; slots must be numbered 1, 2, 3…"""
+    slots: dict[str, list[tuple[int, str]]] = {"KEYS": [], "ARGV": []}
+    rest: tuple[str, int] | None = None
+    for line in source.splitlines():
+        if m := _BINDING.match(line):
+            slots[m[2]].append((int(m[3]), m[1]))
+        elif m := _REST.match(line):
+            rest = (m[1], int(m[2]))
+    for table, bound in slots.items():
+        if [i for i, _ in bound] != list(range(1, len(bound) + 1)):
+            raise ScriptSignatureError(f"{name}.lua: {table} bindings are not 1..n in order")
+    names = [n for bound in slots.values() for _, n in bound]
+    if len(set(names)) != len(names):
+        raise ScriptSignatureError(f"{name}.lua: a name is bound twice")
+    if rest is not None and rest[1] != len(slots["ARGV"]) + 1:
+        raise ScriptSignatureError(f"{name}.lua: the rest of ARGV must start after the last arg")
+    return Signature(
+        keys=tuple(n for _, n in slots["KEYS"]),
+        args=tuple(n for _, n in slots["ARGV"]),
+        rest=rest[0] if rest else None,
+    )
+
+
+class LuaScript:
+    """One script of `services/common/lua`, loaded with importlib.resources."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files("services.common.lua").joinpath(f"{name}.lua").read_text()
+        self.signature = parse_signature(name, self.source)
+
+    def bind(self, redis: Redis) -> BoundScript:
+        return BoundScript(self, redis)
+
+    def call_args(
+        self, keys: Mapping[str, str], args: Mapping[str, Scalar], rest: Sequence[Scalar] = ()
+    ) -> tuple[list[str], list[Scalar]]:
+        """KEYS and ARGV in slot order; raises ScriptSignatureError on any name mismatch."""
+        sig = self.signature
+        _same_names(self.name, "keys", sig.keys, keys)
+        _same_names(self.name, "args", sig.args, args)
+        if rest and sig.rest is None:
+            raise ScriptSignatureError(f"{self.name}.lua takes no extra args")
+        return [keys[n] for n in sig.keys], [args[n] for n in sig.args] + list(rest)
+
+
+class BoundScript:
+    """A script registered on a client; redis-py's errors leave it as StorageError."""
+
+    def __init__(self, script: LuaScript, redis: Redis) -> None:
+        self.script = script
+        self._registered = redis.register_script(script.source)
+
+    async def __call__(
+        self,
+        *,
+        keys: Mapping[str, str],
+        args: Mapping[str, Scalar],
+        rest: Sequence[Scalar] = (),
+    ) -> Any:
+        key_list, arg_list = self.script.call_args(keys, args, rest)
+        try:
+            return await self._registered(keys=key_list, args=arg_list)
+        except RedisError as exc:
+            raise StorageError(f"{self.script.name}: {exc}") from exc
+
+
+def _same_names(script: str, what: str, expected: tuple[str, ...], got: Mapping[str, Any]) -> None:
+    if set(got) != set(expected):
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        raise ScriptSignatureError(f"{script}.lua {what}: missing {missing}, unexpected {extra}")
+
+
+ACCEPT_CHAT = LuaScript("accept_chat")
+APPEND_CHUNK = LuaScript("append_chunk")
+FINISH_MESSAGE = LuaScript("finish_message")
+LEASE_RENEW = LuaScript("lease_renew")
+LEASE_RELEASE = LuaScript("lease_release")
+SESSION_OPEN = LuaScript("session_open")

@@ -1,0 +1,89 @@
+"""Background tasks: stop them cleanly, and keep a node's long-lived ones alive.
+
+`cancel_and_wait` replaces the cancel-then-await blocks. `TaskSupervisor` runs a
+node's loops (the relay reader, the stall watcher, the notifier): a loop that dies
+is logged and restarted with backoff, and while it is down `problem()` says so,
+which turns the node's `/ready` false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel the tasks and wait for them to end; their errors are swallowed."""
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+@dataclass
+class _Supervised:
+    name: str
+    factory: Callable[[], Awaitable[None]]
+    task: asyncio.Task[None] | None = None
+    crashes: int = 0
+    down_since: float | None = None
+    """Monotonic time of the last crash while the loop is not yet back."""
+
+
+class TaskSupervisor:
+    """Runs named forever-loops; restarts one that returns or raises, with backoff."""
+
+    def __init__(self, *, backoff: float = 0.1, max_backoff: float = 5.0) -> None:
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._loops: dict[str, _Supervised] = {}
+        self._closing = False
+
+    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        loop = _Supervised(name, factory)
+        self._loops[name] = loop
+        loop.task = asyncio.create_task(self._keep(loop), name=f"supervised-{name}")
+
+    def problem(self) -> str | None:
+        """None when every loop runs, else which ones are down."""
+        down = [
+            f"{n} restarting after {s.crashes} crash(es)"
+            for n, s in self._loops.items()
+            if s.down_since is not None
+        ]
+        return "; ".join(down) or None
+
+    def crashes(self, name: str) -> int:
+        return self._loops[name].crashes
+
+    async def close(self) -> None:
+        self._closing = True
+        await cancel_and_wait(*(s.task for s in self._loops.values()))
+
+    async def _keep(self, loop: _Supervised) -> None:
+        delay = self._backoff
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await loop.factory()
+                log.error("background loop returned; restarting", extra={"detail": loop.name})
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged, counted and restarted
+                log.exception("background loop crashed; restarting", extra={"detail": loop.name})
+            loop.crashes += 1
+            loop.down_since = time.monotonic()
+            # A loop that ran for a while before dying starts again at the short delay.
+            if loop.down_since - started > 10 * self._max_backoff:
+                delay = self._backoff
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_backoff)
+            loop.down_since = None

@@ -1,0 +1,122 @@
+"""Following one answer for one connection, sans I/O: entries in, frames out.
+
+A follower starts by catching up: the caller range-reads the cache after the seq
+`Step.read_after` names and feeds each page to `on_page`, until a page comes back
+empty; then the follower is live and takes the relay's entries in `on_live`. Live
+entries that arrive while catching up are dropped (the pages cover them). A live
+batch that starts past the cursor (the reader was ahead of this client) turns the
+follower back to catching up from its cursor. `StreamCursor` guarantees each seq is
+emitted once, in order. The final record emits `done` (after an `error` frame when
+the answer ended because no worker could finish it) and ends the follow.
+
+`SeenMessages` remembers which answers a connection already followed, so a late
+"started" notice does not replay one.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from services.common.protocol import ChunkFrame, DoneFrame, ErrorFrame
+from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
+from services.ws_gateway.cursor import GapError, StreamCursor
+
+NO_WORKER_MESSAGE = "no AI worker could finish the answer"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the shell must do after feeding the follower."""
+
+    frames: list[BaseModel] = field(default_factory=list)
+    """Frames to queue for the client, in order."""
+    chunks: list[ChunkEntry] = field(default_factory=list)
+    """The chunk entries behind those frames (for metrics)."""
+    read_after: int | None = None
+    """Catching up: range-read the cache after this seq and call `on_page`."""
+    finished: bool = False
+    """The final record was emitted: stop following."""
+
+
+class Follower:
+    def __init__(self, message_id: str, after_seq: int = 0) -> None:
+        self.message_id = message_id
+        self.cursor = StreamCursor(last_seq=after_seq)
+        self.live = False
+
+    def start(self) -> Step:
+        """Begin (or restart) catching up from the cursor."""
+        self.live = False
+        return Step(read_after=self.cursor.last_seq)
+
+    def on_page(self, entries: list[StreamEntry]) -> Step:
+        """A page of the cache after `read_after`. An empty page means caught up: the
+        follower goes live in the same step, with no await in between.
+
+        Raises GapError if the cache itself skips a seq (it never should)."""
+        if self.live or self.cursor.done:
+            return Step()
+        if not entries:
+            self.live = True
+            return Step()
+        step = self._emit(entries)
+        if step.finished:
+            return step
+        return Step(step.frames, step.chunks, read_after=self.cursor.last_seq)
+
+    def on_live(self, entries: list[StreamEntry]) -> Step:
+        """Entries the relay read; dropped unless live."""
+        if not self.live or self.cursor.done:
+            return Step()
+        try:
+            return self._emit(entries)
+        except GapError:
+            return self.start()
+
+    def _emit(self, entries: list[StreamEntry]) -> Step:
+        frames: list[BaseModel] = []
+        chunks: list[ChunkEntry] = []
+        finished = False
+        mid = self.message_id
+        for entry in self.cursor.accept(entries):
+            if isinstance(entry, ChunkEntry):
+                frames.append(ChunkFrame(message_id=mid, seq=entry.seq, delta=entry.delta))
+                chunks.append(entry)
+            elif isinstance(entry, DoneEntry):
+                if entry.error is not None:
+                    frames.append(
+                        ErrorFrame(code=entry.error, message=NO_WORKER_MESSAGE, message_id=mid)
+                    )
+                frames.append(
+                    DoneFrame(
+                        message_id=mid,
+                        last_seq=entry.last_seq,
+                        finish_reason=entry.finish_reason,
+                        usage=entry.usage,
+                    )
+                )
+                finished = True
+        return Step(frames, chunks, finished=finished)
+
+
+class SeenMessages:
+    """The answers a connection followed, most recent `limit` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
