@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = CHECKOUT / "run"
@@ -24,6 +26,18 @@ PORT_ENV = {
     "FRONTEND_PORT": "frontend_port",
     "INTERNAL_PORT": "internal_port",
 }
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports the kernel just handed out (all held open until all are
+    chosen, so none repeats)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,28 @@ class ClusterSpec:
             raise ValueError("a cluster needs at least one gateway and one worker")
         if self.sticky not in ("ip_hash", "consistent"):
             raise ValueError(f"STICKY must be ip_hash or consistent, not {self.sticky!r}")
+
+    @classmethod
+    def on_free_ports(
+        cls, run_dir: Path, gateways: int, workers: int, **fields: Any
+    ) -> ClusterSpec:
+        """A cluster on ports the kernel hands out now (tests and benches, so they never
+        collide with a running `make deploy`)."""
+        ports = free_ports(6 + gateways + workers)
+        return cls(
+            run_dir=run_dir,
+            gateways=gateways,
+            workers=workers,
+            redis_port=ports[0],
+            kafka_port=ports[1],
+            public_port=ports[2],
+            status_port=ports[3],
+            frontend_port=ports[4],
+            internal_port=ports[5],
+            gateway_ports=ports[6 : 6 + gateways],
+            worker_ports=ports[6 + gateways :],
+            **fields,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ClusterSpec:

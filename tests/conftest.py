@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,21 +20,11 @@ from urllib.parse import urlencode
 import pytest
 
 from deploy.cluster import Cluster, ClusterSpec, StopReport
+from deploy.spec import free_ports as free_ports  # re-exported for the tests
 from deploy.supervisor import pid_alive
 from services.common.settings import Settings
 
 StartCluster = Callable[..., "ClusterHandle"]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports the kernel just handed out (all held open until all are chosen)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
@@ -162,21 +150,8 @@ def cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartC
             "JWT_SECRET": secrets.token_hex(16),
             **fields.pop("extra_env", {}),
         }
-        ports = free_ports(6 + gateways + workers)
-        spec = ClusterSpec(
-            run_dir=tmp_path_factory.mktemp("cluster"),
-            gateways=gateways,
-            workers=workers,
-            redis_port=ports[0],
-            kafka_port=ports[1],
-            public_port=ports[2],
-            status_port=ports[3],
-            frontend_port=ports[4],
-            internal_port=ports[5],
-            gateway_ports=ports[6 : 6 + gateways],
-            worker_ports=ports[6 + gateways :],
-            extra_env=extra_env,
-            **fields,
+        spec = ClusterSpec.on_free_ports(
+            tmp_path_factory.mktemp("cluster"), gateways, workers, extra_env=extra_env, **fields
         )
         handle = ClusterHandle(Cluster(spec))
         started.append(handle)

@@ -13,7 +13,6 @@ from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.node import Worker
 from services.ai_worker.routes import generate_router
 from services.common.kafka import EventPublisher
-from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
 from services.common.ops import NodeHealth, ops_router
@@ -38,14 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher = EventPublisher(settings, registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            store = MessageStore(
-                redis,
-                Keys(settings.redis_key_prefix),
-                stream_ttl=settings.stream_cache_ttl,
-                meta_ttl=settings.message_meta_ttl,
-                history_max=settings.history_max,
-                lease_ttl_ms=settings.lease_ttl_ms,
-            )
+            store = MessageStore.from_settings(redis, settings)
             worker = Worker(settings, store, publisher, metrics, http)
             stack.push_async_callback(worker.drain)
             yield {"worker": worker, "health": NodeHealth(redis, [worker.ready_problem])}

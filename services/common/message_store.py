@@ -28,6 +28,7 @@ from services.common.protocol import (
     Usage,
 )
 from services.common.scripts import ACCEPT_CHAT, APPEND_CHUNK, FINISH_MESSAGE
+from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry, Fields, decode_entry, done_fields
 
 #: How long a session stays "busy" without any chunk before another chat is allowed.
@@ -112,6 +113,17 @@ class MessageStore:
         self._finish = FINISH_MESSAGE.bind(redis)
         self.generators = Leases(redis, keys.message_lease, lease_ttl_ms)
         self.drivers = Leases(redis, keys.message_driver, driver_ttl_ms)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> MessageStore:
+        return cls(
+            redis,
+            Keys(settings.redis_key_prefix),
+            stream_ttl=settings.stream_cache_ttl,
+            meta_ttl=settings.message_meta_ttl,
+            history_max=settings.history_max,
+            lease_ttl_ms=settings.lease_ttl_ms,
+        )
 
     # --- gateway side ----------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Lua scripts as files in `lua/`, called with named keys and args.
 
 Every script starts by binding each KEYS/ARGV slot it uses to a named local, in
-order, and may take the rest of ARGV as one table:
+order (several to a line), and may take the rest of ARGV as one table:
 
-    local lease = KEYS[1]
+    local lease, stream = KEYS[1], KEYS[2]
     local token = ARGV[1]
     local fields = {unpack(ARGV, 2)}
 
@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StorageError
 
-_BINDING = re.compile(r"^local (\w+) = (KEYS|ARGV)\[(\d+)\]\s*$")
+_BINDING = re.compile(r"^local ([\w, ]+) = ((?:KEYS|ARGV)\[\d+\](?:, (?:KEYS|ARGV)\[\d+\])*)\s*$")
+_SLOT = re.compile(r"(KEYS|ARGV)\[(\d+)\]")
 _REST = re.compile(r"^local (\w+) = \{unpack\(ARGV, (\d+)\)\}\s*$")
 
 Scalar = str | int | float
@@ -51,9 +52,16 @@ def parse_signature(name: str, source: str) -> Signature:
     rest: tuple[str, int] | None = None
     for line in source.splitlines():
         if m := _BINDING.match(line):
-            slots[m[2]].append((int(m[3]), m[1]))
+            names = [n.strip() for n in m[1].split(",")]
+            refs = _SLOT.findall(m[2])
+            if len(names) != len(refs):
+                raise ScriptSignatureError(f"{name}.lua: names and slots differ in: {line}")
+            for var, (table, index) in zip(names, refs, strict=True):
+                slots[table].append((int(index), var))
         elif m := _REST.match(line):
             rest = (m[1], int(m[2]))
+        elif "KEYS" in line or "ARGV" in line:
+            raise ScriptSignatureError(f"{name}.lua: KEYS/ARGV used past the bindings: {line}")
     for table, bound in slots.items():
         if [i for i, _ in bound] != list(range(1, len(bound) + 1)):
             raise ScriptSignatureError(f"{name}.lua: {table} bindings are not 1..n in order")

@@ -59,21 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await publisher.start()
             stack.push_async_callback(publisher.stop)
             keys = Keys(settings.redis_key_prefix)
-            store = MessageStore(
-                redis,
-                keys,
-                stream_ttl=settings.stream_cache_ttl,
-                meta_ttl=settings.message_meta_ttl,
-                history_max=settings.history_max,
-                lease_ttl_ms=settings.lease_ttl_ms,
-            )
-            sessions = SessionStore(
-                redis,
-                keys,
-                l2_ttl=settings.cache_l2_ttl,
-                l1_max=settings.cache_l1_max_size,
-                l1_ttl=settings.cache_l1_expire_write,
-            )
+            store = MessageStore.from_settings(redis, settings)
+            sessions = SessionStore.from_settings(redis, settings)
             hub = Hub()
             driver = Driver(
                 store,
@@ -98,15 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             loops.start("notifier", notifier.run)
             ctx = NodeContext(
-                settings=settings,
-                store=store,
-                sessions=sessions,
-                hub=hub,
-                relay=relay,
-                driver=driver,
-                notifier=notifier,
-                publisher=publisher,
-                metrics=metrics,
+                settings, store, sessions, hub, relay, driver, notifier, publisher, metrics
             )
             yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
 

@@ -180,6 +180,10 @@ class Connection:
         self.ctx.metrics.errors.labels(frame.code.value).inc()
         self.send(frame)
 
+    def _internal_error(self, message_id: str, message: str) -> None:
+        """Tell the client a follow failed here; it may resume the message."""
+        self._error(ErrorFrame(code=ErrorCode.INTERNAL, message=message, message_id=message_id))
+
     async def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, ChatFrame):
             await self._chat(frame)
@@ -294,13 +298,7 @@ class Connection:
             await self._follow(message_id, 0)
         except StorageError as exc:
             log.warning("could not follow a new answer", extra={"detail": str(exc)})
-            self._error(
-                ErrorFrame(
-                    code=ErrorCode.INTERNAL,
-                    message="storage unavailable; resume this message",
-                    message_id=message_id,
-                )
-            )
+            self._internal_error(message_id, "storage unavailable; resume this message")
 
     async def _follow(self, message_id: str, after_seq: int) -> None:
         if message_id in self._follows:
@@ -357,13 +355,7 @@ class Connection:
         except Exception:  # noqa: BLE001 - the client is told and may resume again
             log.exception("catch-up failed", extra={"message_id": mid})
             self._unfollow(mid)
-            self._error(
-                ErrorFrame(
-                    code=ErrorCode.INTERNAL,
-                    message="replay failed; resume again",
-                    message_id=mid,
-                )
-            )
+            self._internal_error(mid, "replay failed; resume again")
 
     async def _catch_up(self, follow: Follow, after_seq: int) -> None:
         """Page through the cache at the pace the client reads, until the follower is live

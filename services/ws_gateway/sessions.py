@@ -15,6 +15,7 @@ from services.common.clock import now_iso
 from services.common.errors import storage_op
 from services.common.keys import Keys
 from services.common.scripts import SESSION_OPEN
+from services.common.settings import Settings
 from services.ws_gateway.l1cache import L1Cache
 
 
@@ -38,6 +39,16 @@ class SessionStore:
         self._ttl = l2_ttl
         self._l1: L1Cache[SessionRecord] = L1Cache(l1_max, l1_ttl, time.monotonic)
         self._open = SESSION_OPEN.bind(redis)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> SessionStore:
+        return cls(
+            redis,
+            Keys(settings.redis_key_prefix),
+            l2_ttl=settings.cache_l2_ttl,
+            l1_max=settings.cache_l1_max_size,
+            l1_ttl=settings.cache_l1_expire_write,
+        )
 
     async def open(self, session_id: str, user_id: str) -> tuple[SessionRecord, bool]:
         """Create or rejoin a session; returns (record, created). Raises Forbidden, or

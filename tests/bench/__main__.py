@@ -22,24 +22,14 @@ from redis.asyncio import Redis
 from deploy.cluster import Cluster, ClusterSpec
 from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
-from tests.conftest import free_ports
 from tests.node_probes import metric, rss_bytes
 
 
 def start_cluster(gateways: int, workers: int, env: dict[str, str]) -> Cluster:
-    ports = free_ports(6 + gateways + workers)
-    spec = ClusterSpec(
-        run_dir=Path(tempfile.mkdtemp(prefix="bench-")),
-        gateways=gateways,
-        workers=workers,
-        redis_port=ports[0],
-        kafka_port=ports[1],
-        public_port=ports[2],
-        status_port=ports[3],
-        frontend_port=ports[4],
-        internal_port=ports[5],
-        gateway_ports=ports[6 : 6 + gateways],
-        worker_ports=ports[6 + gateways :],
+    spec = ClusterSpec.on_free_ports(
+        Path(tempfile.mkdtemp(prefix="bench-")),
+        gateways,
+        workers,
         extra_env={"AUTH_DEV_MODE": "true", **env},
     )
     cluster = Cluster(spec, out=lambda _line: None)

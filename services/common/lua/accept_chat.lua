@@ -1,19 +1,10 @@
 -- Accept a chat in a session: dedupe by client_msg_id, one answer at a time,
 -- record the message, the user's history item and the session's current message.
 -- Returns {'new', message_id}, {'dup', earlier_message_id} or {'busy', active_message_id}.
-local client_msg = KEYS[1]
-local session_active = KEYS[2]
-local meta = KEYS[3]
-local session_messages = KEYS[4]
-local history = KEYS[5]
-local session = KEYS[6]
-local message_id = ARGV[1]
-local active_ttl_ms = ARGV[2]
-local client_msg_ttl_s = ARGV[3]
-local meta_ttl_s = ARGV[4]
-local history_max = ARGV[5]
-local user_item_json = ARGV[6]
-local messages_max = ARGV[7]
+local client_msg, session_active, meta, session_messages = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local history, session = KEYS[5], KEYS[6]
+local message_id, active_ttl_ms, client_msg_ttl_s = ARGV[1], ARGV[2], ARGV[3]
+local meta_ttl_s, history_max, user_item_json, messages_max = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local now_iso = ARGV[8]
 local meta_fields = {unpack(ARGV, 9)}
 

@@ -2,19 +2,10 @@
 -- free the session for the next chat. token '' finishes only a message nobody leases.
 -- Returns 'ok', 'lost' (another token holds the lease), 'leased' (token '' and
 -- somebody holds it) or 'done' (already finished; nothing written).
-local lease = KEYS[1]
-local stream = KEYS[2]
-local meta = KEYS[3]
-local session_active = KEYS[4]
+local lease, stream, meta, session_active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local history = KEYS[5]
-local token = ARGV[1]
-local message_id = ARGV[2]
-local stream_ttl_s = ARGV[3]
-local history_item_json = ARGV[4]
-local history_max = ARGV[5]
-local last_seq = ARGV[6]
-local finish_reason = ARGV[7]
-local done_entry_id = ARGV[8]
+local token, message_id, stream_ttl_s, history_item_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local history_max, last_seq, finish_reason, done_entry_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local done_fields = {unpack(ARGV, 9)}
 
 local holder = redis.call('GET', lease)

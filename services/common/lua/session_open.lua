@@ -1,12 +1,7 @@
 -- Create a session owned by user_id, or touch an existing one.
 -- Returns {owner, created_at, 1 if created now else 0}.
-local session = KEYS[1]
-local sessions_active = KEYS[2]
-local user_sessions = KEYS[3]
-local user_id = ARGV[1]
-local now_iso = ARGV[2]
-local ttl_s = ARGV[3]
-local session_id = ARGV[4]
+local session, sessions_active, user_sessions = KEYS[1], KEYS[2], KEYS[3]
+local user_id, now_iso, ttl_s, session_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local owner = redis.call('HGET', session, 'owner')
 if not owner then
