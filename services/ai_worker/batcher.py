@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.ai_worker.providers.base import Finish, ProviderError, ProviderEvent
+from services.common.tasks import cancel_and_wait
 
 # Enough to absorb a burst from a fast model; a full queue makes the producer wait,
 # which in turn paces reading from the provider.
@@ -122,7 +123,7 @@ async def batch_events(
             if chunk:
                 yield chunk
     finally:
-        await _stop(producer)
+        await cancel_and_wait(producer)
 
 
 async def _produce(events: AsyncIterator[ProviderEvent], queue: asyncio.Queue[_Item]) -> None:
@@ -139,16 +140,3 @@ async def _produce(events: AsyncIterator[ProviderEvent], queue: asyncio.Queue[_I
         # Close the provider's generator now (its HTTP response, ...), not at GC.
         if isinstance(events, AsyncGenerator):
             await events.aclose()
-
-
-async def _stop(producer: asyncio.Task[None]) -> None:
-    """Cancel the producer and wait for it, without swallowing our own cancellation."""
-    if producer.done():
-        return
-    producer.cancel()
-    try:
-        await producer
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.events import ChatEvent
 from services.common.settings import Settings
+from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ class EventPublisher:
                     while self._buffer and self.connected:
                         self._wake.set()
                         await asyncio.sleep(0.05)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         await self._close_producer()
 
     async def _close_producer(self) -> None:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from services.common.errors import StorageError, storage_op
 from services.common.scripts import LEASE_RELEASE, LEASE_RENEW
+from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,7 @@ class Lease:
         try:
             yield self
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)
             with contextlib.suppress(StorageError):
                 await asyncio.shield(self.release())
 

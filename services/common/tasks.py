@@ -9,23 +9,30 @@ which turns the node's `/ready` false.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
-    """Cancel the tasks and wait for them to end; their errors are swallowed."""
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the tasks and wait for them to end; their errors are swallowed, but a
+    cancellation of the caller itself still propagates."""
     live = [t for t in tasks if t is not None]
     for task in live:
         task.cancel()
     for task in live:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        try:
             await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        except Exception:  # noqa: BLE001, S110 - the task's own failure, already logged
+            log.debug("cancelled task ended with an error", exc_info=True)
 
 
 @dataclass
