@@ -19,20 +19,19 @@ log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel the tasks and wait for them to end; their errors are swallowed, but a
-    cancellation of the caller itself still propagates."""
+    """Cancel the tasks and wait for them to end; their errors are logged and dropped.
+
+    Waiting uses `asyncio.wait`, which never raises the tasks' own cancellation, so a
+    cancellation of the caller (and only that) still propagates."""
     live = [t for t in tasks if t is not None]
     for task in live:
         task.cancel()
+    if not live:
+        return
+    await asyncio.wait(live)
     for task in live:
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:  # noqa: BLE001, S110 - the task's own failure, already logged
-            log.debug("cancelled task ended with an error", exc_info=True)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("task %s ended with an error", task.get_name(), exc_info=task.exception())
 
 
 @dataclass
