@@ -25,6 +25,7 @@ from services.common.lease import Lease
 from services.common.logging import message_id_var, session_id_var
 from services.common.message_store import (
     AppendOutcome,
+    FinishOutcome,
     MessageMeta,
     MessageStore,
     user_item_id,
@@ -189,11 +190,17 @@ class Generation:
             reason=reason,
             usage=usage,
         )
-        # The finish script dropped the lease (or another holder has it now).
+        # The finish script dropped the lease, or another holder has it now.
         lease.forget()
         self._lease = None
-        self.finished_with = (meta.session_id, reason, usage)
-        self._metrics.finished.labels(reason.value).inc()
+        if finished == FinishOutcome.LOST:
+            # The lease lapsed before the final record: whoever holds it now finishes.
+            log.warning("lease lost at the finish", extra={"detail": f"seq={last_seq}"})
+            self.progress.update(last_seq=last_seq, outcome=Outcome.LOST)
+            return
+        if finished == FinishOutcome.OK:
+            self.finished_with = (meta.session_id, reason, usage)
+            self._metrics.finished.labels(reason.value).inc()
         log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})
         self.progress.update(last_seq=last_seq, outcome=Outcome.DONE)
 

@@ -5,7 +5,10 @@ A follower starts by catching up: the caller range-reads the cache after the seq
 empty; then the follower is live and takes the relay's entries in `on_live`. Live
 entries that arrive while catching up are dropped (the pages cover them). A live
 batch that starts past the cursor (the reader was ahead of this client) turns the
-follower back to catching up from its cursor. `StreamCursor` guarantees each seq is
+follower back to catching up from its cursor. A live batch dropped during a page
+read may hold entries that read did not see (even the final record, after which the
+relay reads nothing more), so an empty page after such a drop reads once more
+instead of going live. `StreamCursor` guarantees each seq is
 emitted once, in order. The final record emits `done` (after an `error` frame when
 the answer ended because no worker could finish it) and ends the follow.
 
@@ -46,10 +49,17 @@ class Follower:
         self.message_id = message_id
         self.cursor = StreamCursor(last_seq=after_seq)
         self.live = False
+        self._missed = False
+        """A live batch past the cursor was dropped since the last read was asked for:
+        an empty page may predate it, so read once more before going live."""
 
     def start(self) -> Step:
         """Begin (or restart) catching up from the cursor."""
         self.live = False
+        return self._read()
+
+    def _read(self) -> Step:
+        self._missed = False
         return Step(read_after=self.cursor.last_seq)
 
     def on_page(self, entries: list[StreamEntry]) -> Step:
@@ -60,16 +70,23 @@ class Follower:
         if self.live or self.cursor.done:
             return Step()
         if not entries:
+            if self._missed:
+                return self._read()
             self.live = True
             return Step()
         step = self._emit(entries)
         if step.finished:
             return step
-        return Step(step.frames, step.chunks, read_after=self.cursor.last_seq)
+        return Step(step.frames, step.chunks, read_after=self._read().read_after)
 
     def on_live(self, entries: list[StreamEntry]) -> Step:
-        """Entries the relay read; dropped unless live."""
-        if not self.live or self.cursor.done:
+        """Entries the relay read; dropped unless live (a dropped batch that reaches past
+        the cursor makes the catch-up read again before it goes live)."""
+        if self.cursor.done:
+            return Step()
+        if not self.live:
+            if _reaches_past(entries, self.cursor.last_seq):
+                self._missed = True
             return Step()
         try:
             return self._emit(entries)
@@ -100,6 +117,13 @@ class Follower:
                 )
                 finished = True
         return Step(frames, chunks, finished=finished)
+
+
+def _reaches_past(entries: list[StreamEntry], last_seq: int) -> bool:
+    if not entries:
+        return False
+    last = entries[-1]
+    return isinstance(last, DoneEntry) or last.seq > last_seq
 
 
 class SeenMessages:
