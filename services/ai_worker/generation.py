@@ -172,6 +172,10 @@ class Generation:
                         self._lease = None
                         self.progress.update(outcome=Outcome.LOST)
                         return
+                    if outcome == AppendOutcome.GONE:
+                        log.warning("the message record expired mid-answer; stopping")
+                        self.progress.update(outcome=Outcome.NOT_FOUND)
+                        return
                     if outcome == AppendOutcome.CANCELLED:
                         reason = FinishReason.CANCELLED
                         break
@@ -193,6 +197,9 @@ class Generation:
         # The finish script dropped the lease, or another holder has it now.
         lease.forget()
         self._lease = None
+        if finished == FinishOutcome.GONE:
+            self.progress.update(last_seq=last_seq, outcome=Outcome.NOT_FOUND)
+            return
         if finished == FinishOutcome.LOST:
             # The lease lapsed before the final record: whoever holds it now finishes.
             log.warning("lease lost at the finish", extra={"detail": f"seq={last_seq}"})

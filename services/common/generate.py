@@ -9,9 +9,9 @@ through the message's Redis stream.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import StrEnum, auto
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 GENERATE_PATH = "/v1/generate"
 
@@ -22,33 +22,37 @@ class GenerateRequest(BaseModel):
     message_id: str = Field(min_length=1, max_length=128)
 
 
+class EventKind(StrEnum):
+    """The lines that are not an outcome (each value is the member's name in lower case,
+    as with `Outcome`)."""
+
+    PROGRESS = auto()
+    """A chunk was written; `last_seq` is the last seq in the cache."""
+    HEARTBEAT = auto()
+    """Nothing new for a second; the call is alive."""
+    DRAINING = auto()
+    """The 503 body of a worker that is shutting down."""
+
+
 class Outcome(StrEnum):
     """How a generation ended, as the worker reports it."""
 
-    DONE = "done"
+    DONE = auto()
     """The final record is written (by this worker or earlier)."""
-    LEASED = "leased"
+    LEASED = auto()
     """Another worker holds the lease."""
-    LOST = "lost"
+    LOST = auto()
     """The lease was lost mid-answer; whoever holds it now continues."""
-    FAILED = "failed"
+    FAILED = auto()
     """The provider failed; the lease is released so another try can continue."""
-    HANDED_OVER = "handed_over"
+    HANDED_OVER = auto()
     """The worker is shutting down; the lease is released for another worker."""
-    NOT_FOUND = "not_found"
+    NOT_FOUND = auto()
     """No such message."""
-
-
-class EventKind(StrEnum):
-    PROGRESS = "progress"
-    HEARTBEAT = "heartbeat"
-    DRAINING = "draining"
 
 
 class GenerateEvent(BaseModel):
     """One NDJSON line of the response (or the 503 body, `draining`)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     event: EventKind | Outcome
     last_seq: int = 0

@@ -49,6 +49,8 @@ class AppendOutcome(StrEnum):
     OK = "ok"
     LOST = "lost"
     CANCELLED = "cancelled"
+    GONE = "gone"
+    """The message record expired; nothing was written."""
 
 
 class FinishOutcome(StrEnum):
@@ -56,6 +58,8 @@ class FinishOutcome(StrEnum):
     LOST = "lost"
     LEASED = "leased"
     ALREADY_DONE = "done"
+    GONE = "gone"
+    """The message record expired; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)

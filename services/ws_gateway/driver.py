@@ -221,7 +221,7 @@ class Driver:
             usage=Usage(completion_tokens=meta.completion_tokens if meta else 0),
             error=error,
         )
-        return outcome in (FinishOutcome.OK, FinishOutcome.ALREADY_DONE)
+        return outcome in (FinishOutcome.OK, FinishOutcome.ALREADY_DONE, FinishOutcome.GONE)
 
 
 class WorkerClient:

@@ -45,6 +45,9 @@ class Relay:
         self._wake_key = keys.node_wake(node_id)
         self._hub = hub
         self._metrics = metrics
+        self._wake_position = "0-0"
+        """The last wake entry read. Reading from "$" instead would miss a wake-up
+        written between listing the streams and blocking (a 5 s delay)."""
 
     async def follow(self, message_id: str, member: Member, after_seq: int) -> None:
         """Follow a stream: a new one from after `after_seq`, else from where the reader
@@ -74,11 +77,17 @@ class Relay:
     async def read_once(self, block_ms: int = BLOCK_MS) -> None:
         """One XREAD over every followed stream and the wake stream."""
         reading = {s.key: s for s in self._hub.to_read()}
-        streams = {self._wake_key: "$", **{key: s.position for key, s in reading.items()}}
+        streams = {
+            self._wake_key: self._wake_position,
+            **{key: s.position for key, s in reading.items()},
+        }
         reply = await self._br.xread(streams, count=COUNT_PER_STREAM, block=block_ms)
         self._metrics.reader_batches.inc()
         now = time.monotonic()
         for key, raw_entries in reply or []:
+            if key == self._wake_key and raw_entries:
+                self._wake_position = raw_entries[-1][0]
+                continue
             stream = reading.get(key)
             if stream is None or not raw_entries:
                 continue

@@ -42,13 +42,9 @@ class SessionStore:
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> SessionStore:
-        return cls(
-            redis,
-            Keys(settings.redis_key_prefix),
-            l2_ttl=settings.cache_l2_ttl,
-            l1_max=settings.cache_l1_max_size,
-            l1_ttl=settings.cache_l1_expire_write,
-        )
+        keys = Keys(settings.redis_key_prefix)
+        l1_max, l1_ttl = settings.cache_l1_max_size, settings.cache_l1_expire_write
+        return cls(redis, keys, l2_ttl=settings.cache_l2_ttl, l1_max=l1_max, l1_ttl=l1_ttl)
 
     async def open(self, session_id: str, user_id: str) -> tuple[SessionRecord, bool]:
         """Create or rejoin a session; returns (record, created). Raises Forbidden, or

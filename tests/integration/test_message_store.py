@@ -1,0 +1,517 @@
+"""MessageStore against a real Redis: every outcome of the accept, append and finish
+scripts, and what each one writes (or leaves alone)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from services.common.errors import StorageError
+from services.common.keys import Keys
+from services.common.message_store import (
+    ACTIVE_TTL_MS,
+    CLIENT_MSG_TTL_S,
+    AcceptOutcome,
+    AppendOutcome,
+    FinishOutcome,
+    MessageStore,
+    user_item_id,
+)
+from services.common.protocol import ErrorCode, FinishReason, MessageStatus, StreamInfo, Usage
+from services.common.streams import ChunkEntry, DoneEntry
+from tests.integration.redis_helpers import unreachable_redis
+
+pytestmark = pytest.mark.integration
+
+STREAM_TTL = 600
+META_TTL = 3600
+HISTORY_MAX = 50
+SESSION = "s1"
+
+
+def make_store(redis: Redis, keys: Keys) -> MessageStore:
+    return MessageStore(
+        redis,
+        keys,
+        stream_ttl=STREAM_TTL,
+        meta_ttl=META_TTL,
+        history_max=HISTORY_MAX,
+        lease_ttl_ms=30_000,
+    )
+
+
+@pytest.fixture
+def store(redis: Redis, keys: Keys) -> MessageStore:
+    return make_store(redis, keys)
+
+
+async def accept(store: MessageStore, client_msg_id: str, text: str = "hello") -> str:
+    outcome, mid = await store.accept_chat(SESSION, "u1", text, client_msg_id)
+    assert outcome is AcceptOutcome.NEW
+    return mid
+
+
+async def finish(
+    store: MessageStore, mid: str, token: str, last_seq: int = 0, text: str = "answer"
+) -> FinishOutcome:
+    return await store.finish(
+        mid,
+        SESSION,
+        token=token,
+        last_seq=last_seq,
+        text=text,
+        reason=FinishReason.STOP,
+        usage=Usage(prompt_tokens=3, completion_tokens=last_seq),
+    )
+
+
+async def append(store: MessageStore, mid: str, token: str, seq: int, delta: str = "x") -> str:
+    return await store.append_chunk(mid, SESSION, token=token, seq=seq, delta=delta, tokens=1)
+
+
+async def generator_token(store: MessageStore, mid: str) -> str:
+    lease = await store.generators.acquire(mid, "w1")
+    assert lease is not None
+    return lease.token
+
+
+# --- accept_chat -------------------------------------------------------------------------
+
+
+async def test_accept_new_writes_meta_history_messages_and_session(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    outcome, mid = await store.accept_chat(SESSION, "u1", "hello", "c1")
+
+    assert outcome is AcceptOutcome.NEW
+    assert mid.startswith("m_")
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.message_id, meta.session_id, meta.user_id, meta.prompt) == (
+        mid,
+        SESSION,
+        "u1",
+        "hello",
+    )
+    assert (meta.status, meta.last_seq, meta.completion_tokens) == (MessageStatus.PENDING, 0, 0)
+    assert (await redis.hget(keys.message_meta(mid), "client_msg_id")) == "c1"
+    assert 0 < await redis.ttl(keys.message_meta(mid)) <= META_TTL
+
+    [item] = await store.history(SESSION, 10)
+    assert (item.message_id, item.role, item.text) == (user_item_id(mid), "user", "hello")
+    assert await redis.lrange(keys.session_messages(SESSION), 0, -1) == [mid]
+    session = await redis.hgetall(keys.session(SESSION))
+    assert session["current_message"] == mid
+    assert session["last_seen"] == meta.created_at
+
+    assert await redis.get(keys.session_active(SESSION)) == mid
+    assert 0 < await redis.pttl(keys.session_active(SESSION)) <= ACTIVE_TTL_MS
+    assert await redis.get(keys.client_msg(SESSION, "c1")) == mid
+    assert 0 < await redis.ttl(keys.client_msg(SESSION, "c1")) <= CLIENT_MSG_TTL_S
+
+
+async def test_accept_same_client_msg_id_is_a_duplicate_of_the_earlier_message(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+
+    assert await store.accept_chat(SESSION, "u1", "hello again", "c1") == (
+        AcceptOutcome.DUPLICATE,
+        mid,
+    )
+    # Still a duplicate once the answer is finished and the session is free.
+    assert await finish(store, mid, token="") is FinishOutcome.OK
+    assert await store.accept_chat(SESSION, "u1", "hello again", "c1") == (
+        AcceptOutcome.DUPLICATE,
+        mid,
+    )
+    assert await redis.lrange(keys.session_messages(SESSION), 0, -1) == [mid]
+    assert await redis.llen(keys.session_history(SESSION)) == 2  # user + assistant
+
+
+async def test_accept_while_an_answer_is_active_is_busy_with_the_active_id(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+
+    assert await store.accept_chat(SESSION, "u1", "second", "c2") == (AcceptOutcome.BUSY, mid)
+    assert await redis.lrange(keys.session_messages(SESSION), 0, -1) == [mid]
+    assert await redis.llen(keys.session_history(SESSION)) == 1
+    assert await redis.exists(keys.client_msg(SESSION, "c2")) == 0
+    # Another session is not busy.
+    outcome, _ = await store.accept_chat("s2", "u1", "elsewhere", "c2")
+    assert outcome is AcceptOutcome.NEW
+
+
+# --- append_chunk ------------------------------------------------------------------------
+
+
+async def test_append_ok_writes_the_chunk_and_updates_meta(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+    await redis.pexpire(keys.session_active(SESSION), 1_000)
+    before_ms = int(time.time() * 1000)
+
+    assert await append(store, mid, token, 1, "Hel") is AppendOutcome.OK
+    assert (
+        await store.append_chunk(mid, SESSION, token=token, seq=2, delta="lo", tokens=2)
+        is AppendOutcome.OK
+    )
+
+    raw = await redis.xrange(keys.message_stream(mid))
+    assert [(eid, f["d"]) for eid, f in raw] == [("0-1", "Hel"), ("0-2", "lo")]
+    assert all(set(f) == {"d", "t"} for _, f in raw)
+    assert before_ms <= int(raw[0][1]["t"]) <= int(time.time() * 1000)
+    assert 0 < await redis.ttl(keys.message_stream(mid)) <= STREAM_TTL
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.status, meta.last_seq, meta.completion_tokens) == (MessageStatus.STREAMING, 2, 3)
+    # Every chunk keeps the session busy for another ACTIVE_TTL_MS.
+    assert await redis.pttl(keys.session_active(SESSION)) > 1_000
+
+
+@pytest.mark.parametrize("holder", ["other", None], ids=["wrong-token", "no-lease"])
+@pytest.mark.parametrize("token", ["w1:stale", ""])
+async def test_append_without_the_lease_is_lost_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, holder: str | None, token: str
+) -> None:
+    mid = await accept(store, "c1")
+    if holder is not None:
+        await redis.set(keys.message_lease(mid), holder)
+
+    assert await append(store, mid, token, 1) is AppendOutcome.LOST
+    assert await redis.exists(keys.message_stream(mid)) == 0
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.status, meta.last_seq) == (MessageStatus.PENDING, 0)
+
+
+async def test_append_after_cancel_is_cancelled_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+    assert await append(store, mid, token, 1) is AppendOutcome.OK
+    assert not await store.is_cancelled(mid)
+
+    await store.cancel(mid)
+
+    assert await store.is_cancelled(mid)
+    assert 0 < await redis.ttl(keys.message_cancel(mid)) <= META_TTL
+    assert await append(store, mid, token, 2) is AppendOutcome.CANCELLED
+    assert await redis.xlen(keys.message_stream(mid)) == 1
+    meta = await store.meta(mid)
+    assert meta is not None and meta.last_seq == 1
+
+
+# --- finish ------------------------------------------------------------------------------
+
+
+async def test_finish_by_the_holder_writes_the_final_record_and_frees_the_session(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1", "question")
+    token = await generator_token(store, mid)
+    assert await append(store, mid, token, 1, "Hel") is AppendOutcome.OK
+    assert await append(store, mid, token, 2, "lo") is AppendOutcome.OK
+
+    assert await finish(store, mid, token, last_seq=2, text="Hello") is FinishOutcome.OK
+
+    raw = await redis.xrange(keys.message_stream(mid))
+    assert [eid for eid, _ in raw] == ["0-1", "0-2", "1-0"]
+    assert raw[-1][1] == {
+        "last_seq": "2",
+        "finish_reason": "stop",
+        "prompt_tokens": "3",
+        "completion_tokens": "2",
+    }
+    assert 0 < await redis.ttl(keys.message_stream(mid)) <= STREAM_TTL
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.status, meta.last_seq) == (MessageStatus.DONE, 2)
+    assert await redis.hget(keys.message_meta(mid), "finish_reason") == "stop"
+    assert await store.generators.holder(mid) is None
+    assert await redis.exists(keys.session_active(SESSION)) == 0
+    history = await store.history(SESSION, 10)
+    assert [(h.message_id, h.role, h.text) for h in history] == [
+        (user_item_id(mid), "user", "question"),
+        (mid, "assistant", "Hello"),
+    ]
+    outcome, next_mid = await store.accept_chat(SESSION, "u1", "next", "c2")
+    assert outcome is AcceptOutcome.NEW and next_mid != mid
+
+
+async def test_finish_with_an_error_code_records_it(store: MessageStore) -> None:
+    mid = await accept(store, "c1")
+
+    outcome = await store.finish(
+        mid,
+        SESSION,
+        token="",
+        last_seq=0,
+        text="",
+        reason=FinishReason.ERROR,
+        usage=Usage(),
+        error=ErrorCode.UPSTREAM_UNAVAILABLE,
+    )
+
+    assert outcome is FinishOutcome.OK
+    assert await store.read_entries(mid) == [
+        DoneEntry(0, FinishReason.ERROR, Usage(), ErrorCode.UPSTREAM_UNAVAILABLE)
+    ]
+
+
+async def assert_untouched(store: MessageStore, redis: Redis, keys: Keys, mid: str) -> None:
+    assert await redis.exists(keys.message_stream(mid)) == 0
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.PENDING
+    assert await redis.get(keys.session_active(SESSION)) == mid
+    assert await redis.llen(keys.session_history(SESSION)) == 1
+
+
+async def test_finish_with_a_token_that_does_not_hold_the_lease_is_lost(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+
+    assert await finish(store, mid, "w2:stale") is FinishOutcome.LOST
+    await assert_untouched(store, redis, keys, mid)
+    assert await store.generators.holder(mid) == token
+
+    await redis.delete(keys.message_lease(mid))
+    assert await finish(store, mid, token) is FinishOutcome.LOST  # the lease expired
+    await assert_untouched(store, redis, keys, mid)
+
+
+async def test_finish_without_a_token_while_leased_is_leased(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+
+    assert await finish(store, mid, "") is FinishOutcome.LEASED
+    await assert_untouched(store, redis, keys, mid)
+    assert await store.generators.holder(mid) == token
+
+
+async def test_finish_without_a_token_when_nobody_leases_is_ok(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+
+    assert await finish(store, mid, "") is FinishOutcome.OK
+    assert [type(e) for e in await store.read_entries(mid)] == [DoneEntry]
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.DONE
+    assert await redis.exists(keys.session_active(SESSION)) == 0
+
+
+async def test_finish_frees_the_session_only_if_it_is_still_this_message(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    old = await accept(store, "c1")
+    await redis.delete(keys.session_active(SESSION))  # its ACTIVE_TTL_MS ran out
+    new = await accept(store, "c2")
+
+    assert await finish(store, old, "") is FinishOutcome.OK
+    assert await redis.get(keys.session_active(SESSION)) == new
+
+
+async def test_a_second_finish_is_already_done_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+    assert await append(store, mid, token, 1) is AppendOutcome.OK
+    assert await finish(store, mid, token, last_seq=1) is FinishOutcome.OK
+    stream_len = await redis.xlen(keys.message_stream(mid))
+    history_len = await redis.llen(keys.session_history(SESSION))
+
+    assert await finish(store, mid, "", last_seq=7) is FinishOutcome.ALREADY_DONE
+    # The first finish dropped the lease, so its token no longer holds anything.
+    assert await finish(store, mid, token, last_seq=7) is FinishOutcome.LOST
+    # A worker that took the lease over afterwards still cannot finish twice.
+    late = await generator_token(store, mid)
+    assert await finish(store, mid, late, last_seq=7) is FinishOutcome.ALREADY_DONE
+
+    assert await redis.xlen(keys.message_stream(mid)) == stream_len
+    assert await redis.llen(keys.session_history(SESSION)) == history_len
+    meta = await store.meta(mid)
+    assert meta is not None and meta.last_seq == 1
+    assert await store.generators.holder(mid) == late  # ALREADY_DONE leaves the lease
+
+
+async def test_a_chunk_after_the_final_record_is_refused_by_redis(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    assert await finish(store, mid, "") is FinishOutcome.OK
+    token = await generator_token(store, mid)
+
+    # XADD 0-1 after 1-0 fails inside the script: a StorageError, nothing written.
+    with pytest.raises(StorageError, match="append_chunk"):
+        await append(store, mid, token, 1)
+
+    assert await redis.xlen(keys.message_stream(mid)) == 1
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.status, meta.last_seq, meta.completion_tokens) == (MessageStatus.DONE, 0, 0)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+async def test_read_entries_pages_by_seq_and_count_with_the_final_record_last(
+    store: MessageStore,
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+    for seq in range(1, 6):
+        assert await append(store, mid, token, seq, f"d{seq}") is AppendOutcome.OK
+    assert await finish(store, mid, token, last_seq=5) is FinishOutcome.OK
+
+    def shape(entries: list[ChunkEntry | DoneEntry]) -> list[int | str]:
+        return [e.seq if isinstance(e, ChunkEntry) else "done" for e in entries]
+
+    everything = await store.read_entries(mid)
+    assert shape(everything) == [1, 2, 3, 4, 5, "done"]
+    assert [e.delta for e in everything if isinstance(e, ChunkEntry)] == [
+        "d1",
+        "d2",
+        "d3",
+        "d4",
+        "d5",
+    ]
+    assert everything[-1] == DoneEntry(
+        5, FinishReason.STOP, Usage(prompt_tokens=3, completion_tokens=5)
+    )
+    assert shape(await store.read_entries(mid, after_seq=2)) == [3, 4, 5, "done"]
+    assert shape(await store.read_entries(mid, after_seq=0, count=2)) == [1, 2]
+    assert shape(await store.read_entries(mid, after_seq=2, count=2)) == [3, 4]
+    assert shape(await store.read_entries(mid, after_seq=4, count=2)) == [5, "done"]
+    assert shape(await store.read_entries(mid, after_seq=5)) == ["done"]
+    assert await store.read_entries("m_unknown") == []
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "fields"),
+    [("0-1", {"x": "no d field"}), ("5-0", {"d": "not a chunk id"}), ("1-0", {"last_seq": "1"})],
+    ids=["chunk-without-d", "foreign-id", "final-without-reason"],
+)
+async def test_read_entries_raises_value_error_on_a_malformed_entry(
+    store: MessageStore, redis: Redis, keys: Keys, entry_id: str, fields: dict[str, str]
+) -> None:
+    await redis.xadd(keys.message_stream("m1"), fields, id=entry_id)
+
+    with pytest.raises(ValueError, match=entry_id):
+        await store.read_entries("m1")
+
+
+async def test_session_streams_lists_unfinished_and_still_cached_messages(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    gone_meta = await accept(store, "c0")
+    assert await finish(store, gone_meta, "") is FinishOutcome.OK
+    await redis.delete(keys.message_meta(gone_meta))  # the meta expired
+
+    cached = await accept(store, "c1")
+    token = await generator_token(store, cached)
+    assert await append(store, cached, token, 1) is AppendOutcome.OK
+    assert await finish(store, cached, token, last_seq=1) is FinishOutcome.OK
+
+    expired = await accept(store, "c2")
+    assert await finish(store, expired, "") is FinishOutcome.OK
+    await redis.delete(keys.message_stream(expired))  # the chunk cache expired
+
+    streaming = await accept(store, "c3")
+    token = await generator_token(store, streaming)
+    assert await append(store, streaming, token, 1) is AppendOutcome.OK
+    assert await append(store, streaming, token, 2) is AppendOutcome.OK
+    await redis.delete(keys.session_active(SESSION))  # the busy mark ran out
+
+    pending = await accept(store, "c4")
+
+    assert await store.session_streams(SESSION) == [
+        StreamInfo(message_id=cached, last_seq=1, status=MessageStatus.DONE),
+        StreamInfo(message_id=streaming, last_seq=2, status=MessageStatus.STREAMING),
+        StreamInfo(message_id=pending, last_seq=0, status=MessageStatus.PENDING),
+    ]
+    assert await store.stream_exists(cached)
+    assert not await store.stream_exists(expired)
+    assert not await store.stream_exists(pending)
+    assert await store.session_streams("no-such-session") == []
+
+
+async def test_orphaned_only_when_unfinished_and_nobody_generates_or_drives(
+    store: MessageStore,
+) -> None:
+    mid = await accept(store, "c1")
+    assert await store.orphaned(mid) == SESSION
+
+    generator = await store.generators.acquire(mid, "w1")
+    assert generator is not None
+    assert await store.orphaned(mid) is None
+    assert await append(store, mid, generator.token, 1) is AppendOutcome.OK
+    await generator.release()
+    assert await store.orphaned(mid) == SESSION  # streaming, and its worker is gone
+
+    driver = await store.drivers.acquire(mid, "g1")
+    assert driver is not None
+    assert await store.orphaned(mid) is None
+    await driver.release()
+    assert await store.orphaned(mid) == SESSION
+
+    assert await finish(store, mid, "", last_seq=1) is FinishOutcome.OK
+    assert await store.orphaned(mid) is None
+    assert await store.orphaned("m_unknown") is None
+
+
+@pytest.mark.parametrize("step", ["finish", "append"])
+async def test_a_late_write_after_the_meta_expired_leaves_no_partial_meta(
+    store: MessageStore, redis: Redis, keys: Keys, step: str
+) -> None:
+    mid = await accept(store, "c1")
+    token = await generator_token(store, mid)
+    await redis.delete(keys.message_meta(mid))  # its META_TTL ran out
+
+    if step == "finish":
+        await finish(store, mid, token)
+    else:
+        await append(store, mid, token, 1)
+
+    assert await redis.ttl(keys.message_meta(mid)) != -1  # no key without a TTL
+    # …and meta() answers (None, or a whole record) instead of raising KeyError.
+    meta = await store.meta(mid)
+    assert meta is None or meta.session_id == SESSION
+
+
+async def test_meta_of_an_unknown_message_is_none(store: MessageStore) -> None:
+    assert await store.meta("m_unknown") is None
+
+
+# --- Redis unreachable -------------------------------------------------------------------
+
+
+async def test_every_kind_of_call_raises_storage_error_when_redis_is_unreachable(
+    keys: Keys,
+) -> None:
+    client = unreachable_redis()
+    store = make_store(client, keys)
+    try:
+        with pytest.raises(StorageError, match="meta"):
+            await store.meta("m1")  # a storage_op method
+        with pytest.raises(StorageError, match="session_streams"):
+            await store.session_streams(SESSION)  # a pipeline
+        with pytest.raises(StorageError, match="accept_chat"):
+            await store.accept_chat(SESSION, "u1", "hello", "c1")  # a script
+        with pytest.raises(StorageError, match="finish_message"):
+            await finish(store, "m1", "")
+        with pytest.raises(StorageError, match="acquire"):
+            await store.generators.acquire("m1", "w1")
+    finally:
+        await client.aclose()
