@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from services.common.clock import now_iso
 
 
 class Topic(StrEnum):
@@ -19,10 +20,6 @@ class EventType(StrEnum):
     MESSAGE_COMPLETED = "message.completed"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
 class ChatEvent(BaseModel):
     """One lifecycle event; consumers ignore fields they do not know."""
 
@@ -31,7 +28,7 @@ class ChatEvent(BaseModel):
     node_id: str
     user_id: str | None = None
     message_id: str | None = None
-    at: str = Field(default_factory=_now)
+    at: str = Field(default_factory=now_iso)
     data: dict[str, Any] = Field(default_factory=dict)
 
     def key(self) -> bytes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.websockets import WebSocket
 
+from services.common.clock import now_ms
 from services.common.errors import StorageError
 from services.common.events import ChatEvent, EventType
 from services.common.message_store import AcceptOutcome
@@ -339,10 +340,10 @@ class Connection:
         if step.chunks:
             metrics.chunks_sent.inc(len(step.chunks))
             if live:
-                now_ms = time.time() * 1000
+                now = now_ms()
                 for chunk in step.chunks:
                     if chunk.written_ms:
-                        metrics.chunk_delay.observe(max(0.0, (now_ms - chunk.written_ms) / 1000))
+                        metrics.chunk_delay.observe(max(0.0, (now - chunk.written_ms) / 1000))
         if step.finished:
             self._unfollow(follow.follower.message_id)
 

@@ -1,7 +1,8 @@
 """Fixtures for the Redis integration tests: one real redis-server per session.
 
-`redis_server` starts `redis-server` on a free loopback port (no persistence) and
-kills it by its pid at the end. Every test gets its own client (`redis`) and its
+`redis_server` starts the deploy's own redis process (deploy/supervisor.py's command
+line: loopback only, no persistence) on a free port, waits for deploy/probes.py's
+probe to pass, and kills it by its pid at the end. Every test gets its own client (`redis`) and its
 own random key prefix (`keys`), so tests never see each other's keys; `make_redis`
 opens more clients (a blocking one for XREAD, a second node's) and closes them all.
 """
@@ -17,9 +18,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from deploy.probes import redis_ping
+from deploy.probes import probe
+from deploy.spec import ClusterSpec
+from deploy.supervisor import Binaries, build_processes
 from services.common.keys import Keys
-from tests.conftest import free_ports, wait_for
+from tests.conftest import wait_for
 
 MakeRedis = Callable[..., Redis]
 
@@ -31,35 +34,22 @@ class RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    spec = ClusterSpec.on_free_ports(tmp_path_factory.mktemp("redis-run"), gateways=1, workers=1)
+    bins = Binaries(nginx="nginx", redis_server="redis-server", tansu="tansu")
+    (redis,) = [p for p in build_processes(spec, bins) if p.name == "redis"]
+    (spec.run_dir / "redis").mkdir()  # its --dir
+    proc = subprocess.Popen(redis.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(
-            lambda: proc.poll() is not None or redis_ping(port).ok,
+            lambda: proc.poll() is not None or probe(redis).ok,
             10,
-            f"redis-server to answer on port {port}",
+            f"redis-server to answer on port {redis.port}",
             poll=0.01,
         )
         if proc.poll() is not None:
-            pytest.fail(f"redis-server exited with {proc.returncode} (port {port} taken?)")
-        yield RedisServer(port)
+            pytest.fail(f"redis-server exited with {proc.returncode} (port {redis.port} taken?)")
+        yield RedisServer(redis.port)
     finally:
         proc.kill()
         proc.wait()

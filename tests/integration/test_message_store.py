@@ -77,6 +77,19 @@ async def generator_token(store: MessageStore, mid: str) -> str:
     return lease.token
 
 
+async def generating(
+    store: MessageStore, client_msg_id: str = "c1", *deltas: str, prompt: str = "hello"
+) -> tuple[str, str]:
+    """Accept a message, take its generator lease and append `deltas` as chunks 1..k.
+
+    Returns the message id and the lease token."""
+    mid = await accept(store, client_msg_id, prompt)
+    token = await generator_token(store, mid)
+    for seq, delta in enumerate(deltas, start=1):
+        assert await append(store, mid, token, seq, delta) is AppendOutcome.OK
+    return mid, token
+
+
 # --- accept_chat -------------------------------------------------------------------------
 
 
@@ -151,8 +164,7 @@ async def test_accept_while_an_answer_is_active_is_busy_with_the_active_id(
 async def test_append_ok_writes_the_chunk_and_updates_meta(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
+    mid, token = await generating(store)
     await redis.pexpire(keys.session_active(SESSION), 1_000)
     before_ms = int(time.time() * 1000)
 
@@ -193,9 +205,7 @@ async def test_append_without_the_lease_is_lost_and_writes_nothing(
 async def test_append_after_cancel_is_cancelled_and_writes_nothing(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
-    assert await append(store, mid, token, 1) is AppendOutcome.OK
+    mid, token = await generating(store, "c1", "x")
     assert not await store.is_cancelled(mid)
 
     await store.cancel(mid)
@@ -214,10 +224,7 @@ async def test_append_after_cancel_is_cancelled_and_writes_nothing(
 async def test_finish_by_the_holder_writes_the_final_record_and_frees_the_session(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid = await accept(store, "c1", "question")
-    token = await generator_token(store, mid)
-    assert await append(store, mid, token, 1, "Hel") is AppendOutcome.OK
-    assert await append(store, mid, token, 2, "lo") is AppendOutcome.OK
+    mid, token = await generating(store, "c1", "Hel", "lo", prompt="question")
 
     assert await finish(store, mid, token, last_seq=2, text="Hello") is FinishOutcome.OK
 
@@ -273,30 +280,29 @@ async def assert_untouched(store: MessageStore, redis: Redis, keys: Keys, mid: s
     assert await redis.llen(keys.session_history(SESSION)) == 1
 
 
-async def test_finish_with_a_token_that_does_not_hold_the_lease_is_lost(
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [("w2:stale", FinishOutcome.LOST), ("", FinishOutcome.LEASED)],
+    ids=["wrong-token-is-lost", "no-token-while-leased-is-leased"],
+)
+async def test_finish_while_another_holds_the_lease_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, token: str, expected: FinishOutcome
+) -> None:
+    mid, holder = await generating(store)
+
+    assert await finish(store, mid, token) is expected
+    await assert_untouched(store, redis, keys, mid)
+    assert await store.generators.holder(mid) == holder
+
+
+async def test_finish_by_a_holder_whose_lease_expired_is_lost(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
+    mid, token = await generating(store)
+    await redis.delete(keys.message_lease(mid))  # the lease expired
 
-    assert await finish(store, mid, "w2:stale") is FinishOutcome.LOST
+    assert await finish(store, mid, token) is FinishOutcome.LOST
     await assert_untouched(store, redis, keys, mid)
-    assert await store.generators.holder(mid) == token
-
-    await redis.delete(keys.message_lease(mid))
-    assert await finish(store, mid, token) is FinishOutcome.LOST  # the lease expired
-    await assert_untouched(store, redis, keys, mid)
-
-
-async def test_finish_without_a_token_while_leased_is_leased(
-    store: MessageStore, redis: Redis, keys: Keys
-) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
-
-    assert await finish(store, mid, "") is FinishOutcome.LEASED
-    await assert_untouched(store, redis, keys, mid)
-    assert await store.generators.holder(mid) == token
 
 
 async def test_finish_without_a_token_when_nobody_leases_is_ok(
@@ -325,9 +331,7 @@ async def test_finish_frees_the_session_only_if_it_is_still_this_message(
 async def test_a_second_finish_is_already_done_and_writes_nothing(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
-    assert await append(store, mid, token, 1) is AppendOutcome.OK
+    mid, token = await generating(store, "c1", "x")
     assert await finish(store, mid, token, last_seq=1) is FinishOutcome.OK
     stream_len = await redis.xlen(keys.message_stream(mid))
     history_len = await redis.llen(keys.session_history(SESSION))
@@ -369,10 +373,7 @@ async def test_a_chunk_after_the_final_record_is_refused_by_redis(
 async def test_read_entries_pages_by_seq_and_count_with_the_final_record_last(
     store: MessageStore,
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
-    for seq in range(1, 6):
-        assert await append(store, mid, token, seq, f"d{seq}") is AppendOutcome.OK
+    mid, token = await generating(store, "c1", *(f"d{seq}" for seq in range(1, 6)))
     assert await finish(store, mid, token, last_seq=5) is FinishOutcome.OK
 
     def shape(entries: list[ChunkEntry | DoneEntry]) -> list[int | str]:
@@ -419,19 +420,14 @@ async def test_session_streams_lists_unfinished_and_still_cached_messages(
     assert await finish(store, gone_meta, "") is FinishOutcome.OK
     await redis.delete(keys.message_meta(gone_meta))  # the meta expired
 
-    cached = await accept(store, "c1")
-    token = await generator_token(store, cached)
-    assert await append(store, cached, token, 1) is AppendOutcome.OK
+    cached, token = await generating(store, "c1", "x")
     assert await finish(store, cached, token, last_seq=1) is FinishOutcome.OK
 
     expired = await accept(store, "c2")
     assert await finish(store, expired, "") is FinishOutcome.OK
     await redis.delete(keys.message_stream(expired))  # the chunk cache expired
 
-    streaming = await accept(store, "c3")
-    token = await generator_token(store, streaming)
-    assert await append(store, streaming, token, 1) is AppendOutcome.OK
-    assert await append(store, streaming, token, 2) is AppendOutcome.OK
+    streaming, _ = await generating(store, "c3", "x", "x")
     await redis.delete(keys.session_active(SESSION))  # the busy mark ran out
 
     pending = await accept(store, "c4")
@@ -475,8 +471,7 @@ async def test_orphaned_only_when_unfinished_and_nobody_generates_or_drives(
 async def test_a_late_write_after_the_meta_expired_leaves_no_partial_meta(
     store: MessageStore, redis: Redis, keys: Keys, step: str
 ) -> None:
-    mid = await accept(store, "c1")
-    token = await generator_token(store, mid)
+    mid, token = await generating(store)
     await redis.delete(keys.message_meta(mid))  # its META_TTL ran out
 
     if step == "finish":

@@ -112,6 +112,16 @@ class Env:
         await self.wait_reader_blocked()
         await self.relay.follow(message_id, member, after_seq=0)
 
+    async def member_past_chunk_1(self) -> Member:
+        """A member following m1 that got chunk 1, with the reader blocked again in the
+        XREAD after it (an XREAD that includes m1)."""
+        member = Member()
+        await self.follow_while_blocked("m1", member)
+        await self.chunk("m1", 1)
+        await eventually(lambda: member.seqs("m1") == [1], 2, "chunk 1")
+        await self.wait_reader_blocked()
+        return member
+
 
 @pytest.fixture
 async def env(redis: Redis, make_redis: MakeRedis, keys: Keys) -> Env:
@@ -250,11 +260,7 @@ async def test_unfollow_stops_delivery(env: Env) -> None:
 async def test_unfollow_while_the_reader_is_blocked_on_the_stream(
     env: Env, running: asyncio.Task[None]
 ) -> None:
-    member = Member()
-    await env.follow_while_blocked("m1", member)
-    await env.chunk("m1", 1)
-    await eventually(lambda: member.seqs("m1") == [1], 2, "chunk 1")
-    await env.wait_reader_blocked()  # the XREAD after chunk 1, which includes m1
+    member = await env.member_past_chunk_1()
 
     env.relay.unfollow("m1", member)
     batches = env.batches
@@ -268,11 +274,7 @@ async def test_unfollow_while_the_reader_is_blocked_on_the_stream(
 async def test_the_reader_survives_losing_its_connection(
     env: Env, running: asyncio.Task[None]
 ) -> None:
-    member = Member()
-    await env.follow_while_blocked("m1", member)
-    await env.chunk("m1", 1)
-    await eventually(lambda: member.seqs("m1") == [1], 2, "chunk 1")
-    await env.wait_reader_blocked()  # the XREAD after chunk 1, which includes m1
+    member = await env.member_past_chunk_1()
     [reader] = [c for c in await env.redis.client_list() if c.get("name") == env.reader_name]
 
     await env.redis.execute_command("CLIENT", "KILL", "ID", reader["id"])

@@ -21,6 +21,9 @@ from services.ws_gateway.driver import Backoff, CallResult, call_result
 
 pytestmark = pytest.mark.unit
 
+DETAIL = 'provider said "no"\nat line 2'
+"""A detail that needs escaping: quotes and a newline must stay inside one NDJSON line."""
+
 
 def is_one_ndjson_line(line: bytes) -> bool:
     return line.endswith(b"\n") and line.count(b"\n") == 1 and json.loads(line) is not None
@@ -47,13 +50,13 @@ def test_heartbeat_line_round_trips() -> None:
 
 @pytest.mark.parametrize("outcome", list(Outcome))
 def test_outcome_line_round_trips_for_every_outcome(outcome: Outcome) -> None:
-    line = outcome_line(outcome, 42, detail='provider said "no"\nat line 2')
+    line = outcome_line(outcome, 42, detail=DETAIL)
     assert is_one_ndjson_line(line)
     event = parse_event(line)
     assert event.outcome == outcome
     assert event.event == outcome
     assert event.last_seq == 42
-    assert event.detail == 'provider said "no"\nat line 2'
+    assert event.detail == DETAIL
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))

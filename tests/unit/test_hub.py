@@ -7,7 +7,7 @@ import pytest
 from services.common.keys import DONE_ENTRY_ID, chunk_entry_id
 from services.common.protocol import FinishReason, Usage
 from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
-from services.ws_gateway.hub import Hub
+from services.ws_gateway.hub import FollowedStream, Hub
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +33,15 @@ def chunk(seq: int) -> ChunkEntry:
 
 
 DONE = DoneEntry(last_seq=2, finish_reason=FinishReason.STOP, usage=Usage())
+
+
+def one_follower(now: float = 1.0) -> tuple[Hub, FakeMember, FollowedStream]:
+    """A hub where member a follows m1 (key k1) from the start, and that stream."""
+    hub = Hub()
+    a = FakeMember("a")
+    hub.follow("m1", "k1", a, 0, now)
+    (stream,) = hub.to_read()
+    return hub, a, stream
 
 
 # --- sessions ------------------------------------------------------------------------------
@@ -172,10 +181,7 @@ def test_deliver_hands_entries_to_every_follower_in_order() -> None:
 
 
 def test_deliver_of_nothing_moves_the_position_but_tells_nobody() -> None:
-    hub = Hub()
-    a = FakeMember("a")
-    hub.follow("m1", "k1", a, 0, 1.0)
-    (stream,) = hub.to_read()
+    hub, a, stream = one_follower()
     hub.deliver(stream, chunk_entry_id(4), [], now=3.0)  # e.g. only malformed entries
     assert a.entries == []
     assert stream.position == chunk_entry_id(4)
@@ -183,10 +189,7 @@ def test_deliver_of_nothing_moves_the_position_but_tells_nobody() -> None:
 
 
 def test_deliver_is_ignored_for_a_stream_unfollowed_since_the_read_began() -> None:
-    hub = Hub()
-    a = FakeMember("a")
-    hub.follow("m1", "k1", a, 0, 1.0)
-    (stream,) = hub.to_read()  # the relay starts a read
+    hub, a, stream = one_follower()  # the relay starts a read of the stream
     hub.unfollow("m1", a)
     hub.deliver(stream, chunk_entry_id(1), [chunk(1)], now=2.0)
     assert a.entries == []
@@ -194,10 +197,7 @@ def test_deliver_is_ignored_for_a_stream_unfollowed_since_the_read_began() -> No
 
 
 def test_deliver_is_ignored_for_a_stream_followed_anew_since_the_read_began() -> None:
-    hub = Hub()
-    a = FakeMember("a")
-    hub.follow("m1", "k1", a, 0, 1.0)
-    (old,) = hub.to_read()  # the relay starts a read
+    hub, a, old = one_follower()  # the relay starts a read of the stream
     hub.unfollow("m1", a)
     assert hub.follow("m1", "k1", a, after_seq=5, now=2.0) is True  # a new record
     hub.deliver(old, chunk_entry_id(3), [chunk(1), chunk(2), chunk(3)], now=3.0)
@@ -253,9 +253,6 @@ def test_a_stream_with_entries_is_not_stalled() -> None:
 
 
 def test_a_finished_stream_is_never_stalled() -> None:
-    hub = Hub()
-    a = FakeMember("a")
-    hub.follow("m1", "k1", a, 0, now=0.0)
-    (stream,) = hub.to_read()
+    hub, _, stream = one_follower(now=0.0)
     hub.deliver(stream, DONE_ENTRY_ID, [DONE], now=0.5)
     assert hub.stalled(now=100.0, after=2.0) == []

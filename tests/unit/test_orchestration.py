@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -126,6 +127,8 @@ class FakeLeases:
 
 @dataclass(frozen=True)
 class FinishCall:
+    """The arguments of one `finish` (building it checks them) and what it returned."""
+
     message_id: str
     session_id: str
     token: str
@@ -133,8 +136,8 @@ class FinishCall:
     text: str
     reason: FinishReason
     usage: Usage
-    error: ErrorCode | None
-    outcome: FinishOutcome
+    error: ErrorCode | None = None
+    outcome: FinishOutcome | None = None
 
 
 class FakeStore:
@@ -240,44 +243,38 @@ class FakeStore:
         await self.changes.notify()
         return outcome
 
-    async def finish(
-        self,
-        message_id: str,
-        session_id: str,
-        *,
-        token: str,
-        last_seq: int,
-        text: str,
-        reason: FinishReason,
-        usage: Usage,
-        error: ErrorCode | None = None,
-    ) -> FinishOutcome:
+    async def finish(self, message_id: str, session_id: str, **kwargs: Any) -> FinishOutcome:
+        # FinishCall takes exactly the keyword arguments MessageStore.finish does.
+        call = FinishCall(message_id, session_id, **kwargs)
         if self.before_finish is not None:
             self.before_finish()
         holder = self.generators.holders.get(message_id)
         meta = self.metas[message_id]
-        if token == "" and holder is not None:
+        if call.token == "" and holder is not None:
             outcome = FinishOutcome.LEASED
-        elif token != "" and holder != token:
+        elif call.token != "" and holder != call.token:
             outcome = FinishOutcome.LOST
         elif meta.status == MessageStatus.DONE:
             outcome = FinishOutcome.ALREADY_DONE
         else:
-            self.streams[message_id].append(DoneEntry(last_seq, reason, usage, error))
+            self.streams[message_id].append(
+                DoneEntry(call.last_seq, call.reason, call.usage, call.error)
+            )
             self.metas[message_id] = dataclasses.replace(
-                meta, status=MessageStatus.DONE, last_seq=last_seq
+                meta, status=MessageStatus.DONE, last_seq=call.last_seq
             )
             self.histories.setdefault(session_id, []).append(
                 HistoryItem(
-                    message_id=message_id, role="assistant", text=text, created_at=meta.created_at
+                    message_id=message_id,
+                    role="assistant",
+                    text=call.text,
+                    created_at=meta.created_at,
                 )
             )
-            if token:
+            if call.token:
                 del self.generators.holders[message_id]
             outcome = FinishOutcome.OK
-        self.finishes.append(
-            FinishCall(message_id, session_id, token, last_seq, text, reason, usage, error, outcome)
-        )
+        self.finishes.append(dataclasses.replace(call, outcome=outcome))
         await self.changes.notify()
         return outcome
 
@@ -392,6 +389,17 @@ def make_driver(
 
 
 MakeDriver = Callable[..., DriverHarness]
+
+
+def held_call() -> tuple[asyncio.Event, Step]:
+    """A worker call that answers done only once the event is set."""
+    gate = asyncio.Event()
+
+    async def held() -> Reply:
+        await gate.wait()
+        return CallResult.DONE, True
+
+    return gate, held
 
 
 async def test_done_stops_at_once_and_the_driver_lease_is_held_meanwhile(
@@ -519,12 +527,7 @@ async def test_nothing_is_called_for_a_finished_or_unknown_message(
 async def test_a_second_drive_while_running_does_nothing(make_driver: MakeDriver) -> None:
     store = FakeStore()
     store.add()
-    gate = asyncio.Event()
-
-    async def slow() -> Reply:
-        await gate.wait()
-        return CallResult.DONE, True
-
+    gate, slow = held_call()
     h = make_driver(store, slow)
     h.driver.drive(MID, SID)
     h.driver.drive(MID, SID)
@@ -565,12 +568,7 @@ async def test_the_driver_lease_is_renewed_while_driving(make_driver: MakeDriver
 async def test_close_stops_driving_and_releases_the_lease(make_driver: MakeDriver) -> None:
     store = FakeStore()
     store.add()
-    never = asyncio.Event()
-
-    async def hangs() -> Reply:
-        await never.wait()
-        return CallResult.DONE, True
-
+    _, hangs = held_call()  # never released
     h = make_driver(store, hangs)
     h.driver.drive(MID, SID)
     await h.worker.wait_calls(1)

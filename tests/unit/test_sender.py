@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,9 +21,9 @@ DEADLINE = 2.0
 """Seconds any awaited condition may take before the test fails (never a sleep)."""
 
 
+@dataclass
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
+    now: float = 100.0
 
     def __call__(self) -> float:
         return self.now
@@ -179,26 +181,40 @@ async def test_errors_of_send_text_propagate(metrics: GatewayMetrics) -> None:
         await asyncio.wait_for(sender.run(broken), DEADLINE)
 
 
-async def stuck_with_a_full_queue(sender: Sender, client: FakeClient) -> asyncio.Task[None]:
-    """Start the writer, have it block on frame 0, then fill the queue to the limit."""
+async def blocked_on_frame_0(sender: Sender, client: FakeClient) -> asyncio.Task[None]:
+    """Start the writer and have it block writing frame 0 (the client stopped reading)."""
     client.pause()
     run = asyncio.create_task(sender.run(client))
     sender.send(frame(0))
     await asyncio.wait_for(client.entered.wait(), DEADLINE)
+    return run
+
+
+class Stuck(NamedTuple):
+    clock: FakeClock
+    sender: Sender
+    client: FakeClient
+    run: asyncio.Task[None]
+
+
+@pytest.fixture
+async def stuck(metrics: GatewayMetrics) -> Stuck:
+    """A writer blocked on frame 0 with the queue filled to the limit behind it."""
+    clock = FakeClock()
+    sender = make_sender(metrics, clock)
+    client = FakeClient()
+    run = await blocked_on_frame_0(sender, client)
     for i in range(1, LIMIT + 1):
         sender.send(frame(i))
     assert len(sender.outbox) == LIMIT
     assert sender.close_code is None
-    return run
+    return Stuck(clock, sender, client, run)
 
 
 async def test_a_client_that_stops_reading_past_the_grace_period_is_closed_on_send(
-    metrics: GatewayMetrics, registry: CollectorRegistry
+    stuck: Stuck, registry: CollectorRegistry
 ) -> None:
-    clock = FakeClock()
-    sender = make_sender(metrics, clock)
-    client = FakeClient()
-    run = await stuck_with_a_full_queue(sender, client)
+    clock, sender, client, run = stuck
     clock.now += GRACE / 2
     sender.send(frame(100))  # full, but within the grace period
     assert sender.close_code is None
@@ -215,12 +231,9 @@ async def test_a_client_that_stops_reading_past_the_grace_period_is_closed_on_se
 
 
 async def test_a_client_that_stops_reading_past_the_grace_period_is_closed_by_the_writer(
-    metrics: GatewayMetrics, registry: CollectorRegistry
+    stuck: Stuck, registry: CollectorRegistry
 ) -> None:
-    clock = FakeClock()
-    sender = make_sender(metrics, clock)
-    client = FakeClient()
-    run = await stuck_with_a_full_queue(sender, client)
+    clock, sender, client, run = stuck
     clock.now += GRACE + 0.1  # no more frames are queued; the writer finds it out
     client.resume()
     await finish(run)
@@ -231,12 +244,9 @@ async def test_a_client_that_stops_reading_past_the_grace_period_is_closed_by_th
 
 
 async def test_a_full_queue_that_drains_within_the_grace_period_is_fine(
-    metrics: GatewayMetrics, registry: CollectorRegistry
+    stuck: Stuck, registry: CollectorRegistry
 ) -> None:
-    clock = FakeClock()
-    sender = make_sender(metrics, clock)
-    client = FakeClient()
-    run = await stuck_with_a_full_queue(sender, client)
+    clock, sender, client, run = stuck
     clock.now += GRACE  # exactly the grace period: still allowed
     client.resume()
     await client.wait_sent(LIMIT + 1)
@@ -283,10 +293,7 @@ async def test_wait_for_room_blocks_until_the_writer_drained_the_queue(
 ) -> None:
     sender = make_sender(metrics)
     client = FakeClient()
-    client.pause()
-    run = asyncio.create_task(sender.run(client))
-    sender.send(frame(0))
-    await asyncio.wait_for(client.entered.wait(), DEADLINE)
+    run = await blocked_on_frame_0(sender, client)
     for i in range(1, LIMIT // 2 + 2):
         sender.send(frame(i))
     assert len(sender.outbox) > LIMIT // 2
@@ -308,10 +315,7 @@ async def test_wait_for_room_returns_when_the_connection_ends(
 ) -> None:
     sender = make_sender(metrics)
     client = FakeClient()
-    client.pause()
-    run = asyncio.create_task(sender.run(client))
-    sender.send(frame(0))
-    await asyncio.wait_for(client.entered.wait(), DEADLINE)
+    run = await blocked_on_frame_0(sender, client)
     for i in range(1, LIMIT):
         sender.send(frame(i))
     waiter = asyncio.create_task(sender.wait_for_room())

@@ -170,24 +170,20 @@ async def test_problem_names_the_loop_that_is_down_while_it_backs_off() -> None:
     assert healthy.cancelled.is_set()
 
 
-async def test_a_loop_that_returns_is_restarted_too() -> None:
-    supervisor = TaskSupervisor(backoff=0.01, max_backoff=0.01)
-    loop = FlakyLoop(crashes=2, returns=True)
-    supervisor.start("stall-watch", loop)
+@pytest.mark.parametrize(
+    ("crashes", "returns", "max_backoff"),
+    [(2, True, 0.01), (3, False, 0.02)],
+    ids=["a-loop-that-returns-is-restarted-too", "every-crash-is-counted"],
+)
+async def test_every_end_of_a_loop_is_counted_and_restarted(
+    crashes: int, returns: bool, max_backoff: float
+) -> None:
+    supervisor = TaskSupervisor(backoff=0.01, max_backoff=max_backoff)
+    loop = FlakyLoop(crashes=crashes, returns=returns)
+    supervisor.start("flaky", loop)
     await asyncio.wait_for(loop.running.wait(), DEADLINE)
-    assert supervisor.crashes("stall-watch") == 2
-    assert loop.calls == 3
-    assert supervisor.problem() is None
-    await asyncio.wait_for(supervisor.close(), DEADLINE)
-
-
-async def test_every_crash_is_counted() -> None:
-    supervisor = TaskSupervisor(backoff=0.01, max_backoff=0.02)
-    flaky = FlakyLoop(crashes=3)
-    supervisor.start("flaky", flaky)
-    await asyncio.wait_for(flaky.running.wait(), DEADLINE)
-    assert supervisor.crashes("flaky") == 3
-    assert flaky.calls == 4
+    assert supervisor.crashes("flaky") == crashes
+    assert loop.calls == crashes + 1
     assert supervisor.problem() is None
     await asyncio.wait_for(supervisor.close(), DEADLINE)
 
