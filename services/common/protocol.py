@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    STATE_LOST = "state_lost"
+    """The server lost this answer's stored state (a storage failure): it ends here, and
+    what was streamed may be missing from history."""
     INTERNAL = "internal"
 
 
