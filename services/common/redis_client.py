@@ -12,8 +12,12 @@ from services.common.settings import Settings
 
 
 def redis_from_settings(settings: Settings, *, blocking: bool = False) -> Redis:
-    """A client for REDIS_URL; `blocking` gives one without a socket timeout, for XREAD BLOCK."""
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    """A client for REDIS_URL; `blocking` gives one without a socket timeout, for XREAD BLOCK.
+
+    The blocking client does not retry by itself: its one user, the relay, retries with
+    its own backoff and must see every lost connection (Redis may have come back with
+    less data; see `ws_gateway/audit.py`)."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0 if blocking else 3)
     return Redis.from_url(
         settings.redis_url,
         decode_responses=True,

@@ -25,6 +25,7 @@ from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
 from services.common.tasks import TaskSupervisor
+from services.ws_gateway.audit import StateAudit
 from services.ws_gateway.context import NodeContext
 from services.ws_gateway.driver import Driver, WorkerClient
 from services.ws_gateway.endpoint import chat_router
@@ -70,7 +71,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics=metrics,
             )
             stack.push_async_callback(driver.close)
-            relay = Relay(redis, blocking, keys, settings.node_id, hub, metrics)
+            audit = StateAudit(hub, store, grace_s=audit_grace(settings))
+            relay = Relay(
+                redis,
+                blocking,
+                keys,
+                settings.node_id,
+                hub,
+                metrics,
+                on_reconnect=audit.storage_reconnected,
+            )
             notifier = Notifier(
                 redis,
                 keys,
@@ -84,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "stall-watcher", partial(driver.watch_stalls, hub, settings.stall_check_interval)
             )
             loops.start("notifier", notifier.run)
+            loops.start("state-audit", audit.run)
             ctx = NodeContext(
                 settings, store, sessions, hub, relay, driver, notifier, publisher, metrics
             )
@@ -102,3 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """REST calls that hit a Redis failure answer 503, not a bare 500."""
     return JSONResponse({"detail": "storage unavailable"}, status_code=503)
+
+
+def audit_grace(settings: Settings) -> float:
+    """How long a followed answer may stay behind what clients were shown after Redis
+    came back, for a worker to repair it from memory: a few leases, well inside the
+    recovery timeout that bounds every silence."""
+    return min(3 * settings.lease_ttl_ms / 1000 + 1.0, settings.stream_recovery_timeout / 2)

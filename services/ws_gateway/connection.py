@@ -321,6 +321,13 @@ class Connection:
         if follow is not None:
             self._apply(follow, follow.follower.on_live(entries), live=True)
 
+    def on_lost(self, message_id: str) -> None:
+        """The stream's stored state is gone (from the hub): end the answer for the client."""
+        follow = self._follows.get(message_id)
+        if follow is not None:
+            self.ctx.metrics.state_lost.inc()
+            self._queue(follow, follow.follower.on_lost(), live=True)
+
     def _apply(self, follow: Follow, step: Step, *, live: bool) -> None:
         """Queue a step's frames, and start the catch-up it asks for."""
         self._queue(follow, step, live=live)

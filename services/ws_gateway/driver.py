@@ -128,11 +128,18 @@ class Driver:
         self.drive(message_id, session_id)
 
     async def watch_stalls(self, hub: Hub, interval: float) -> None:
-        """Hand followed streams that stopped moving to `adopt_if_orphaned`."""
+        """Check followed streams that stopped moving: one whose message record is gone
+        (storage lost it) ends with `state_lost`; one nobody generates is adopted."""
         while True:
             await asyncio.sleep(interval)
             for message_id in hub.stalled(time.monotonic(), STALL_AFTER_S):
                 try:
+                    if await self._store.meta(message_id) is None:
+                        log.error(
+                            "a followed answer has no record", extra={"message_id": message_id}
+                        )
+                        hub.lose(message_id)
+                        continue
                     await self.adopt_if_orphaned(message_id)
                 except StorageError as exc:
                     log.warning("stall check failed", extra={"detail": str(exc)})

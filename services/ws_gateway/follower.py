@@ -23,11 +23,22 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from services.common.protocol import ChunkFrame, DoneFrame, ErrorFrame
+from services.common.protocol import (
+    ChunkFrame,
+    DoneFrame,
+    ErrorCode,
+    ErrorFrame,
+    FinishReason,
+    Usage,
+)
 from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
 from services.ws_gateway.cursor import GapError, StreamCursor
 
 NO_WORKER_MESSAGE = "no AI worker could finish the answer"
+STATE_LOST_MESSAGE = (
+    "the server lost this answer's stored state; it ends here and the text shown may be "
+    "missing from history"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,26 @@ class Follower:
             return self._emit(entries)
         except GapError:
             return self.start()
+
+    def on_lost(self) -> Step:
+        """Storage lost the answer (or part of what this client was shown): end it here
+        with `state_lost` and a `done` at the client's own last seq."""
+        if self.cursor.done:
+            return Step()
+        self.cursor.done = True
+        mid = self.message_id
+        return Step(
+            frames=[
+                ErrorFrame(code=ErrorCode.STATE_LOST, message=STATE_LOST_MESSAGE, message_id=mid),
+                DoneFrame(
+                    message_id=mid,
+                    last_seq=self.cursor.last_seq,
+                    finish_reason=FinishReason.ERROR,
+                    usage=Usage(),
+                ),
+            ],
+            finished=True,
+        )
 
     def _emit(self, entries: list[StreamEntry]) -> Step:
         frames: list[BaseModel] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.common.keys import DONE_ENTRY_ID, chunk_entry_id
-from services.common.streams import StreamEntry
+from services.common.streams import ChunkEntry, StreamEntry
 
 
 class Member(Protocol):
@@ -24,6 +24,9 @@ class Member(Protocol):
 
     def on_entries(self, message_id: str, entries: list[StreamEntry]) -> None:
         """New entries of a stream the connection follows, in order."""
+
+    def on_lost(self, message_id: str) -> None:
+        """Storage lost the stream's state: end the answer with `state_lost`."""
 
 
 @dataclass(eq=False)
@@ -36,6 +39,9 @@ class FollowedStream:
     """The last entry id the relay read (XREAD continues after it)."""
     moved_at: float
     """When the stream last had an entry (or was first followed)."""
+    position_written_ms: int = 0
+    """The write time of the entry at `position` (0 if none): after Redis comes back,
+    the entry there must still be the same one, or clients saw state that is gone."""
     followers: set[Member] = field(default_factory=set)
 
     @property
@@ -109,8 +115,21 @@ class Hub:
         stream.moved_at = now
         if not entries:
             return
+        last = entries[-1]
+        stream.position_written_ms = last.written_ms if isinstance(last, ChunkEntry) else 0
         for member in list(stream.followers):
             member.on_entries(stream.message_id, entries)
+
+    def lose(self, message_id: str) -> None:
+        """The stream's stored state is gone or went back: end it for every follower."""
+        stream = self._streams.pop(message_id, None)
+        if stream is None:
+            return
+        for member in list(stream.followers):
+            member.on_lost(message_id)
+
+    def get(self, message_id: str) -> FollowedStream | None:
+        return self._streams.get(message_id)
 
     def stalled(self, now: float, after: float) -> list[str]:
         """Unfinished streams with no entry for `after` seconds; each is reported once per

@@ -49,6 +49,11 @@ class GatewayMetrics:
             "Stream entries the relay could not decode and skipped",
             registry=registry,
         )
+        self.state_lost = Counter(
+            "gateway_state_lost",
+            "Answers ended for a client because storage lost their state",
+            registry=registry,
+        )
         self.errors = Counter(
             "gateway_errors_sent", "Error frames by code", ["code"], registry=registry
         )

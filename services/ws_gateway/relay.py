@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -38,6 +39,7 @@ class Relay:
         node_id: str,
         hub: Hub,
         metrics: GatewayMetrics,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._r = redis
         self._br = blocking_redis
@@ -45,6 +47,8 @@ class Relay:
         self._wake_key = keys.node_wake(node_id)
         self._hub = hub
         self._metrics = metrics
+        self._on_reconnect = on_reconnect
+        """Called when Redis answers again after a failed read (it may have lost data)."""
         self._wake_position = "0-0"
         """The last wake entry read. Reading from "$" instead would miss a wake-up
         written between listing the streams and blocking (a 5 s delay)."""
@@ -63,13 +67,22 @@ class Relay:
         self._hub.unfollow(message_id, member)
 
     async def run(self) -> None:
-        """Read forever; Redis errors are logged and retried with backoff."""
+        """Read forever; Redis errors are logged and retried with backoff. Once Redis
+        answers again after a failure, `on_reconnect` is told before the next read."""
         backoff = 0.1
+        failed = False
         while True:
             try:
+                if failed:
+                    await self._br.ping()
+                    failed = False
+                    log.warning("relay reconnected to redis")
+                    if self._on_reconnect is not None:
+                        self._on_reconnect()
                 await self.read_once()
                 backoff = 0.1
             except RedisError as exc:
+                failed = True
                 log.warning("relay read failed", extra={"detail": str(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
