@@ -4,6 +4,7 @@
 import {
   applyChunk,
   applyDone,
+  chatProtocols,
   chatUrl,
   createStream,
   describeClose,
@@ -61,7 +62,15 @@ function connect() {
   const gen = ++generation;
   welcomed = false;
   setStatus("connecting", "Connecting...");
-  ws = new WebSocket(chatUrl(location, config));
+  let protocols;
+  try {
+    protocols = chatProtocols(config.token); // the token goes here, never in the URL
+  } catch (err) {
+    ws = null;
+    setStatus("failed", `Not connected: ${err.message}.`);
+    return;
+  }
+  ws = new WebSocket(chatUrl(location, config), protocols);
   ws.onmessage = (ev) => gen === generation && onFrame(JSON.parse(ev.data));
   ws.onclose = (ev) => gen === generation && onClose(ev.code);
 }

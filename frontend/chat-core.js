@@ -138,10 +138,30 @@ export function randomId(bytes = 12, cryptoImpl = globalThis.crypto) {
   return Array.from(buf, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The gateway URL: nginx on :8080 of the host that served this page. */
-export function chatUrl(loc, { sessionId, token, userId }) {
+/**
+ * The gateway URL: nginx on :8080 of the host that served this page. It never holds
+ * the token (URLs end up in access logs and proxies); chatProtocols carries it.
+ */
+export function chatUrl(loc, { sessionId, userId }) {
   const scheme = loc.protocol === "https:" ? "wss" : "ws";
-  const params = new URLSearchParams({ session_id: sessionId, token });
+  const params = new URLSearchParams({ session_id: sessionId });
   if (userId) params.set("user_id", userId);
   return `${scheme}://${loc.hostname}:8080/ws/chat?${params}`;
+}
+
+// A subprotocol is an RFC 7230 token: visible ASCII except separators. JWTs
+// (base64url and dots) and `dev-token` are.
+const SUBPROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * The WebSocket subprotocols that carry the token: `new WebSocket(url, ["bearer",
+ * token])` sends `Sec-WebSocket-Protocol: bearer, <token>`, which the gateway reads
+ * (and answers with `bearer`). Throws for a token that cannot travel this way (the
+ * browser would throw a SyntaxError instead).
+ */
+export function chatProtocols(token) {
+  if (typeof token !== "string" || !SUBPROTOCOL_TOKEN.test(token) || token === "bearer") {
+    throw new Error("the token has characters a WebSocket subprotocol cannot carry");
+  }
+  return ["bearer", token];
 }

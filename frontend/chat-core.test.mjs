@@ -9,6 +9,7 @@ import {
   backoffDelay,
   BACKOFF_BASE_MS,
   BACKOFF_CAP_MS,
+  chatProtocols,
   chatUrl,
   createSettledStream,
   createStream,
@@ -140,10 +141,41 @@ test("close codes decide whether and when to reconnect", () => {
 test("connection URL goes to :8080 of the page's host", () => {
   const loc = { protocol: "http:", hostname: "chat.example" };
   assert.equal(
-    chatUrl(loc, { sessionId: "s1", token: "dev-token", userId: "u 1" }),
-    "ws://chat.example:8080/ws/chat?session_id=s1&token=dev-token&user_id=u+1",
+    chatUrl(loc, { sessionId: "s1", userId: "u 1" }),
+    "ws://chat.example:8080/ws/chat?session_id=s1&user_id=u+1",
   );
-  assert.match(chatUrl({ ...loc, protocol: "https:" }, { sessionId: "s", token: "t" }), /^wss:/);
+  assert.match(chatUrl({ ...loc, protocol: "https:" }, { sessionId: "s" }), /^wss:/);
+});
+
+test("the token is never in the URL, even when the config holds one", () => {
+  const loc = { protocol: "https:", hostname: "chat.example" };
+  const secret = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+  const url = chatUrl(loc, { sessionId: "s1", token: secret, userId: "alice" });
+  assert.ok(!url.includes(secret), url);
+  assert.ok(!new URL(url).searchParams.has("token"), url);
+  assert.equal(url, "wss://chat.example:8080/ws/chat?session_id=s1&user_id=alice");
+});
+
+test("the token travels in the bearer subprotocol", () => {
+  // services/ws_gateway/auth.py token_from_subprotocols: ["bearer", TOKEN].
+  const jwtLike = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln-bmF0_dXJl";
+  assert.deepEqual(chatProtocols(jwtLike), ["bearer", jwtLike]);
+  assert.deepEqual(chatProtocols("dev-token"), ["bearer", "dev-token"]);
+});
+
+test("the app opens its socket with the subprotocols, not a token URL", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const app = await readFile(new URL("./app.js", import.meta.url), "utf8");
+  const opens = app.match(/new WebSocket\([^;]*\)/g) ?? [];
+  assert.deepEqual(opens, ["new WebSocket(chatUrl(location, config), protocols)"]);
+  assert.match(app, /protocols = chatProtocols\(config\.token\)/);
+  assert.doesNotMatch(app, /[?&]token=/);
+});
+
+test("a token a subprotocol cannot carry is refused before connecting", () => {
+  for (const bad of ["", "has space", "a,b", "quote\"", "bearer", "caf\u00e9", undefined]) {
+    assert.throws(() => chatProtocols(bad), /subprotocol/, String(bad));
+  }
 });
 
 test("random ids are valid session ids", () => {

@@ -1,4 +1,8 @@
-"""The worker's app factory: the lifespan builds the node and yields it as state."""
+"""The worker's app factory: the lifespan builds the node and yields it as state.
+
+The event drainer (unless KAFKA_ENABLED=false) runs under a `TaskSupervisor`, as the
+gateway's loops do: restarted if it dies, and `/ready` false meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from prometheus_client import CollectorRegistry
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.node import Worker
 from services.ai_worker.routes import generate_router
-from services.common.kafka import EventPublisher
+from services.common.event_outbox import EventOutbox
+from services.common.kafka import EventDrainer
+from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
 from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
+from services.common.tasks import TaskSupervisor
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,13 +41,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=httpx.Timeout(settings.openai_timeout, connect=5.0))
             )
-            publisher = EventPublisher(settings, registry)
-            await publisher.start()
-            stack.push_async_callback(publisher.stop)
+            loops = TaskSupervisor()
+            stack.push_async_callback(loops.close)
+            if settings.kafka_enabled:
+                outbox = EventOutbox(redis, Keys(settings.redis_key_prefix))
+                loops.start("event-drainer", EventDrainer(outbox, settings, registry).run)
             store = MessageStore.from_settings(redis, settings)
-            worker = Worker(settings, store, publisher, metrics, http)
+            worker = Worker(settings, store, metrics, http)
+            # Drained first: the answers finishing now write their events while the
+            # drainer still runs.
             stack.push_async_callback(worker.drain)
-            yield {"worker": worker, "health": NodeHealth(redis, [worker.ready_problem])}
+            health = NodeHealth(redis, [worker.ready_problem, loops.problem])
+            yield {"worker": worker, "health": health}
 
     app = FastAPI(lifespan=lifespan, title="ai_worker")
     app.include_router(generate_router())

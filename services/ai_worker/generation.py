@@ -20,6 +20,7 @@ from services.ai_worker.providers.base import (
     ModelProvider,
     ProviderError,
 )
+from services.common.clock import now_ms
 from services.common.generate import Outcome
 from services.common.lease import Lease
 from services.common.logging import message_id_var, session_id_var
@@ -30,11 +31,14 @@ from services.common.message_store import (
     MessageStore,
     user_item_id,
 )
-from services.common.protocol import FinishReason, MessageStatus, Usage
+from services.common.protocol import ErrorCode, FinishReason, MessageStatus, Usage
 from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry
 
 log = logging.getLogger(__name__)
+
+#: Times one write may find Redis behind and write the missing chunks again.
+MAX_REPAIRS = 3
 
 
 @dataclass
@@ -84,6 +88,9 @@ class Generation:
         self._settings = settings
         self._metrics = metrics
         self._lease: Lease | None = None
+        self._written: dict[int, tuple[str, int]] = {}
+        """seq -> (delta, written_ms) of the chunks this generation wrote, to write them
+        again identically if Redis loses them."""
         self.finished_with: tuple[str, FinishReason, Usage] | None = None
         """(session_id, reason, usage) when this generation wrote the final record."""
 
@@ -159,14 +166,10 @@ class Generation:
                             completion_tokens=meta.completion_tokens + item.completion_tokens,
                         )
                         continue
-                    outcome = await self._store.append_chunk(
-                        self.message_id,
-                        meta.session_id,
-                        token=token,
-                        seq=last_seq + 1,
-                        delta=item,
-                        tokens=_estimate_tokens(item),
-                    )
+                    outcome = await self._write(meta, token, last_seq + 1, item)
+                    if outcome == AppendOutcome.GAP:
+                        await self._lose(meta, token, lease)
+                        return
                     if outcome == AppendOutcome.LOST:
                         lease.forget()
                         self._lease = None
@@ -185,15 +188,10 @@ class Generation:
                     self.progress.update(last_seq=last_seq)
             finally:
                 await events.aclose()
-        finished = await self._store.finish(
-            self.message_id,
-            meta.session_id,
-            token=token,
-            last_seq=last_seq,
-            text=text,
-            reason=reason,
-            usage=usage,
-        )
+        finished = await self._finish(meta, token, last_seq, text, reason, usage)
+        if finished == FinishOutcome.GAP:
+            await self._lose(meta, token, lease)
+            return
         # The finish script dropped the lease, or another holder has it now.
         lease.forget()
         self._lease = None
@@ -210,6 +208,99 @@ class Generation:
             self._metrics.finished.labels(reason.value).inc()
         log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})
         self.progress.update(last_seq=last_seq, outcome=Outcome.DONE)
+
+    async def _write(
+        self, meta: MessageMeta, token: str, seq: int, delta: str, written_ms: int | None = None
+    ) -> AppendOutcome:
+        """Append chunk `seq`; if Redis lost chunks before it, write them again first.
+        GAP means they could not be written again (not in this generation's memory)."""
+        written_ms = now_ms() if written_ms is None else written_ms
+        for _ in range(MAX_REPAIRS + 1):
+            outcome = await self._append(meta, token, seq, delta, written_ms)
+            if outcome == AppendOutcome.OK:
+                self._written[seq] = (delta, written_ms)
+            if outcome != AppendOutcome.GAP or not await self._repair(meta, token, seq):
+                return outcome
+        return AppendOutcome.GAP
+
+    async def _append(
+        self, meta: MessageMeta, token: str, seq: int, delta: str, written_ms: int
+    ) -> AppendOutcome:
+        return await self._store.append_chunk(
+            self.message_id,
+            meta.session_id,
+            token=token,
+            seq=seq,
+            delta=delta,
+            tokens=_estimate_tokens(delta),
+            written_ms=written_ms,
+        )
+
+    async def _finish(
+        self,
+        meta: MessageMeta,
+        token: str,
+        last_seq: int,
+        text: str,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> FinishOutcome:
+        """Write the final record; if Redis lost chunks first, write them again first."""
+        for _ in range(MAX_REPAIRS + 1):
+            outcome = await self._store.finish(
+                self.message_id,
+                meta.session_id,
+                token=token,
+                last_seq=last_seq,
+                text=text,
+                reason=reason,
+                usage=usage,
+            )
+            if outcome != FinishOutcome.GAP or not await self._repair(meta, token, last_seq + 1):
+                return outcome
+        return FinishOutcome.GAP
+
+    async def _repair(self, meta: MessageMeta, token: str, before_seq: int) -> bool:
+        """Write again, identically, the chunks Redis lost between its last_seq and
+        `before_seq`; False if some of them are not this generation's to write."""
+        stored = await self._store.meta(self.message_id)
+        if stored is None or stored.last_seq + 1 >= before_seq:
+            return False
+        missing = range(stored.last_seq + 1, before_seq)
+        if any(seq not in self._written for seq in missing):
+            return False
+        log.warning(
+            "redis lost chunks; writing them again",
+            extra={"detail": f"{missing.start}..{missing.stop - 1}"},
+        )
+        for seq in missing:
+            if await self._append(meta, token, seq, *self._written[seq]) != AppendOutcome.OK:
+                return False
+            self._metrics.chunks_rewritten.inc()
+        return True
+
+    async def _lose(self, meta: MessageMeta, token: str, lease: Lease) -> None:
+        """Redis lost chunks this worker cannot write again: end the answer at what is
+        stored, with `state_lost`, so every client is told."""
+        text, last_seq, done = await self._cached(meta)
+        lease.forget()
+        self._lease = None
+        outcome = Outcome.DONE
+        if done is None:
+            log.error("redis lost chunks of this answer; ending it", extra={"detail": last_seq})
+            finished = await self._store.finish(
+                self.message_id,
+                meta.session_id,
+                token=token,
+                last_seq=last_seq,
+                text=text,
+                reason=FinishReason.ERROR,
+                usage=Usage(completion_tokens=meta.completion_tokens),
+                error=ErrorCode.STATE_LOST,
+            )
+            if finished == FinishOutcome.LOST:
+                outcome = Outcome.LOST
+        self.progress.update(last_seq=last_seq, outcome=outcome)
 
     async def _cached(self, meta: MessageMeta) -> tuple[str, int, DoneEntry | None]:
         """The text and last seq already in the chunk cache (non-empty after a takeover)."""

@@ -21,6 +21,11 @@ class WorkerMetrics:
         self.takeovers = Counter(
             "worker_takeovers", "Answers continued after another worker's seq", registry=registry
         )
+        self.chunks_rewritten = Counter(
+            "worker_chunks_rewritten",
+            "Chunks Redis lost that the worker wrote again from memory",
+            registry=registry,
+        )
         self.provider_errors = Counter(
             "worker_provider_errors", "Model provider failures", registry=registry
         )

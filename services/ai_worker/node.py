@@ -1,4 +1,8 @@
-"""The worker node: its in-flight generations, one task per message, owned here."""
+"""The worker node: its in-flight generations, one task per message, owned here.
+
+A generation's `message.completed` event is written by the finish script itself (see
+MessageStore.finish), in the same step as the final record.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,7 @@ import httpx
 from services.ai_worker.generation import Generation
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers import build_provider
-from services.common.events import ChatEvent, EventType
 from services.common.generate import Outcome
-from services.common.kafka import EventPublisher
 from services.common.message_store import MessageStore
 from services.common.settings import Settings
 from services.common.tasks import cancel_and_wait
@@ -27,13 +29,11 @@ class Worker:
         self,
         settings: Settings,
         store: MessageStore,
-        publisher: EventPublisher,
         metrics: WorkerMetrics,
         http: httpx.AsyncClient,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.publisher = publisher
         self.metrics = metrics
         self.provider = build_provider(settings, http)
         self.running: dict[str, tuple[Generation, asyncio.Task[None]]] = {}
@@ -66,17 +66,6 @@ class Worker:
             self.running.pop(gen.message_id, None)
             if gen.progress.outcome == Outcome.LEASED:
                 self.metrics.leased_elsewhere.inc()
-            if gen.finished_with is not None:
-                session_id, reason, usage = gen.finished_with
-                self.publisher.publish(
-                    ChatEvent(
-                        type=EventType.MESSAGE_COMPLETED,
-                        session_id=session_id,
-                        node_id=self.settings.node_id,
-                        message_id=gen.message_id,
-                        data={"finish_reason": reason.value, "usage": usage.model_dump()},
-                    )
-                )
 
     async def drain(self) -> None:
         """Let in-flight answers finish for a while, then hand the rest over."""

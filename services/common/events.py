@@ -1,7 +1,19 @@
-"""Kafka event schemas (topic `chat.events`, keyed by session_id)."""
+"""Kafka event schemas (topic `chat.events`, keyed by session_id).
+
+Delivery is at least once. Each event is written to the Redis outbox in the same
+script as the state change it reports (`event_outbox.py`), and every node drains the
+outbox to Kafka (`kafka.py`). A node that dies after Kafka took a batch but before it
+deleted it from the outbox leaves that batch to be sent again, so the topic can hold
+an event twice, and events from different nodes are not ordered among themselves.
+
+Consumers therefore dedupe by `event_id` (a random uuid4 hex, the same in every copy
+of one event): remember the ids seen for longer than an outage may last and skip a
+repeat. `at` is when the state changed; order by it where order matters.
+"""
 
 from __future__ import annotations
 
+import uuid
 from enum import StrEnum
 from typing import Any
 
@@ -20,9 +32,15 @@ class EventType(StrEnum):
     MESSAGE_COMPLETED = "message.completed"
 
 
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
 class ChatEvent(BaseModel):
     """One lifecycle event; consumers ignore fields they do not know."""
 
+    event_id: str = Field(default_factory=new_event_id)
+    """The same in every copy of this event: consumers dedupe by it."""
     type: EventType
     session_id: str
     node_id: str
@@ -34,5 +52,9 @@ class ChatEvent(BaseModel):
     def key(self) -> bytes:
         return self.session_id.encode()
 
+    def to_json(self) -> str:
+        """The record's value, as the outbox stores it and Kafka carries it."""
+        return self.model_dump_json(exclude_none=True)
+
     def value(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        return self.to_json().encode()

@@ -1,129 +1,296 @@
-"""Publishing chat events to Kafka without ever blocking chat.
+"""Draining the event outbox to Kafka: every gateway and worker runs one `EventDrainer`.
 
-Events go into a bounded buffer; one task sends them. While Kafka is down the buffer
-fills; past KAFKA_BUFFER_MAX the oldest events are dropped, counted and logged.
+The scripts that change state write the event reporting the change into the Redis
+outbox in the same step (event_outbox.py), so an event exists if and only if its
+change happened, and it outlives a restart of any node and an outage of Kafka (up to
+KAFKA_BUFFER_MAX events; past that the scripts count instead of adding, exported as
+`kafka_events_dropped`).
+
+Each node is one consumer, named by its node id, of the one consumer group on the
+outbox. It first sends its own pending entries (read before a restart, or reclaimed),
+then new ones, in batches of up to BATCH_MAX: every record of a batch goes to the
+producer, then all are awaited (acks=all), and only then are the entries acknowledged
+and deleted. On a Kafka error the producer is closed and, after a backoff, the same
+pending entries are sent again. Every RECLAIM_EVERY_S a node takes over the entries
+left pending for more than RECLAIM_IDLE_MS (their node died mid-batch). So delivery
+is at least once, and consumers dedupe by `event_id` (see events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import json
 import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common.events import ChatEvent
+from services.common.errors import StorageError
+from services.common.event_outbox import EVENT_FIELD, EventOutbox, OutboxEntry
 from services.common.settings import Settings
-from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+#: Events per read and per send.
+BATCH_MAX = 500
+#: How long a read waits for new events.
+BLOCK_MS = 1_000
+#: Entries pending this long with any consumer are taken over (a live drainer acks or
+#: re-reads its own well within it: a send is bounded by SEND_TIMEOUT_S).
+RECLAIM_IDLE_MS = 30_000
+RECLAIM_EVERY_S = 10.0
+#: How often the pending and dropped gauges are read from Redis.
+STATS_EVERY_S = 2.0
+SEND_TIMEOUT_S = 15.0
+BACKOFF_S = 0.25
+MAX_BACKOFF_S = 5.0
 
-class EventPublisher:
-    """Owns one producer and a sender task; `publish` never waits on Kafka."""
+
+class Producer(Protocol):
+    """The part of AIOKafkaProducer the drainer uses."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
+
+
+def build_producer(settings: Settings) -> Producer:
+    producer: Producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        client_id=settings.node_id,
+        request_timeout_ms=5000,
+        linger_ms=5,
+    )
+    return producer
+
+
+class EventDrainer:
+    """Sends the outbox to Kafka as consumer `consumer` (default: the node id)."""
 
     def __init__(
-        self, settings: Settings, registry: CollectorRegistry, *, enabled: bool | None = None
+        self,
+        outbox: EventOutbox,
+        settings: Settings,
+        registry: CollectorRegistry,
+        *,
+        consumer: str | None = None,
+        producer_factory: Callable[[], Producer] | None = None,
+        batch_max: int = BATCH_MAX,
+        block_ms: int = BLOCK_MS,
+        reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+        reclaim_every_s: float = RECLAIM_EVERY_S,
+        stats_every_s: float = STATS_EVERY_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
-        self._settings = settings
-        self._enabled = settings.kafka_enabled if enabled is None else enabled
-        self._buffer: collections.deque[ChatEvent] = collections.deque()
-        self._max = settings.kafka_buffer_max
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self.connected = False
-        self.sent = Counter("kafka_events_sent", "Events delivered to Kafka", registry=registry)
-        self.dropped = Counter(
-            "kafka_events_dropped",
-            "Events dropped because the buffer overflowed",
+        self._outbox = outbox
+        self._topic = settings.kafka_topic
+        self.consumer = consumer or settings.node_id
+        self._new_producer = producer_factory or partial(build_producer, settings)
+        self._batch_max = batch_max
+        self._block_ms = block_ms
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._reclaim_every = reclaim_every_s
+        self._stats_every = stats_every_s
+        self._max_backoff = max_backoff_s
+        self._backoff = BACKOFF_S
+        self._producer: Producer | None = None
+        self._kafka_down_logged = False
+        self._group_ready = False
+        self._own_pending = True
+        """Read this consumer's pending entries (id 0) before new ones (>)."""
+        self._next_reclaim = 0.0
+        self._next_stats = 0.0
+        self._dropped_seen: int | None = None
+        self.sent = Counter(
+            "kafka_events_sent",
+            "Events Kafka acknowledged (an event sent again after a failure counts again)",
             registry=registry,
         )
-        self.buffered = Gauge("kafka_events_buffered", "Events waiting", registry=registry)
-
-    def publish(self, event: ChatEvent) -> None:
-        if not self._enabled:
-            return
-        if len(self._buffer) >= self._max:
-            self._buffer.popleft()
-            self.dropped.inc()
-            log.warning("kafka buffer full, dropped oldest event", extra={"event": event.type})
-        self._buffer.append(event)
-        self.buffered.set(len(self._buffer))
-        self._wake.set()
-
-    async def start(self) -> None:
-        if self._enabled:
-            self._task = asyncio.create_task(self._run(), name="kafka-publisher")
-
-    async def stop(self, flush_timeout: float = 2.0) -> None:
-        """Try to flush what is buffered within `flush_timeout`, then stop."""
-        if self._task is None:
-            return
-        if self.connected and self._buffer:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(flush_timeout):
-                    while self._buffer and self.connected:
-                        self._wake.set()
-                        await asyncio.sleep(0.05)
-        await cancel_and_wait(self._task)
-        await self._close_producer()
-
-    async def _close_producer(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                await self._producer.stop()
-            self._producer = None
-            self.connected = False
-
-    async def _connect(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=self._settings.kafka_idempotence,
-            client_id=self._settings.node_id,
-            request_timeout_ms=5000,
-            linger_ms=5,
+        self.pending = Gauge(
+            "kafka_events_pending",
+            "Events in the Redis outbox not yet acknowledged by Kafka (all nodes)",
+            registry=registry,
         )
+        self.dropped = Gauge(
+            "kafka_events_dropped",
+            "Events never written because the outbox was full (KAFKA_BUFFER_MAX; all nodes)",
+            registry=registry,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def run(self) -> None:
+        """Drain forever (a loop of the node's TaskSupervisor). Kafka and Redis failures
+        are logged and retried here with backoff; the producer is closed on the way out."""
+        redis_backoff = BACKOFF_S
+        try:
+            while True:
+                try:
+                    await self.drain_once()
+                    redis_backoff = BACKOFF_S
+                except StorageError as exc:
+                    # Redis may have lost the group with its data: create it again, and
+                    # look at this consumer's pending entries first.
+                    self._group_ready = False
+                    log.warning("event outbox unavailable", extra={"detail": str(exc)})
+                    await asyncio.sleep(redis_backoff)
+                    redis_backoff = min(redis_backoff * 2, self._max_backoff)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the producer (the pending entries stay in Redis)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
+
+    async def drain_once(self) -> int:
+        """One round: the gauges and a reclaim when due, then one batch read and sent.
+        Returns how many events Kafka took; raises StorageError when Redis fails."""
+        if not self._group_ready:
+            await self._outbox.ensure_group()
+            self._group_ready = True
+            self._own_pending = True
+        now = time.monotonic()
+        if now >= self._next_stats:
+            await self.refresh_stats()
+            self._next_stats = now + self._stats_every
+        if self._producer is None and not await self._connect():
+            await self._back_off()
+            return 0
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self._reclaim_every
+            claimed = await self._outbox.reclaim(
+                self.consumer, min_idle_ms=self._reclaim_idle_ms, count=self._batch_max
+            )
+            if claimed:
+                log.warning("took over events left pending", extra={"detail": claimed})
+                self._own_pending = True
+        if self._own_pending:
+            batch = await self._outbox.read(self.consumer, count=self._batch_max, pending=True)
+            if not batch:
+                self._own_pending = False
+                return 0
+        else:
+            batch = await self._outbox.read(
+                self.consumer, count=self._batch_max, pending=False, block_ms=self._block_ms
+            )
+            if not batch:
+                return 0
+        delivered = await self._send(batch)
+        if delivered is None:
+            self._own_pending = True  # the same entries, after the backoff
+            await self._back_off()
+            return 0
+        await self._outbox.ack([entry.entry_id for entry in batch])
+        self.sent.inc(delivered)
+        self._backoff = BACKOFF_S
+        return delivered
+
+    async def refresh_stats(self) -> None:
+        """Set the pending and dropped gauges from Redis; log when events were dropped."""
+        stats = await self._outbox.stats()
+        self.pending.set(stats.length)
+        self.dropped.set(stats.dropped)
+        seen, self._dropped_seen = self._dropped_seen, stats.dropped
+        if seen is not None and stats.dropped > seen:
+            log.error(
+                "event outbox full: events dropped",
+                extra={"detail": f"{stats.dropped - seen} more, {stats.dropped} in all"},
+            )
+        elif seen is None and stats.dropped:
+            log.warning("events dropped so far (outbox full)", extra={"detail": stats.dropped})
+
+    async def _connect(self) -> bool:
+        producer = self._new_producer()
         try:
             await producer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
+            if not self._kafka_down_logged:
+                self._kafka_down_logged = True
+                log.warning(
+                    "kafka unavailable; events wait in the redis outbox",
+                    extra={"detail": str(exc)},
+                )
+            return False
         except BaseException:
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
             raise
-        return producer
+        self._producer = producer
+        self._kafka_down_logged = False
+        log.info("kafka producer connected")
+        return True
 
-    async def _run(self) -> None:
-        backoff = 0.25
-        while True:
-            if self._producer is None:
-                try:
-                    self._producer = await self._connect()
-                    self.connected = True
-                    backoff = 0.25
-                    log.info("kafka producer connected")
-                except (KafkaError, OSError) as exc:
-                    log.warning("kafka unavailable, buffering events", extra={"detail": str(exc)})
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
-            if not self._buffer:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            event = self._buffer[0]
-            try:
-                await self._producer.send_and_wait(
-                    self._settings.kafka_topic, value=event.value(), key=event.key()
-                )
-            except (KafkaError, OSError) as exc:
-                log.warning("kafka send failed, will retry", extra={"detail": str(exc)})
-                await self._close_producer()
-                continue
-            if self._buffer and self._buffer[0] is event:
-                self._buffer.popleft()
-            self.sent.inc()
-            self.buffered.set(len(self._buffer))
+    async def _send(self, batch: list[OutboxEntry]) -> int | None:
+        """Send every record of the batch, then wait for all; the count sent, or None
+        if Kafka failed (the producer is then closed)."""
+        producer = self._producer
+        assert producer is not None
+        records = [r for r in map(_record, batch) if r is not None]
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                for key, value in records:
+                    futures.append(await producer.send(self._topic, value=value, key=key))
+                await asyncio.gather(*futures)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            _discard(futures)
+            log.warning(
+                "kafka send failed; the batch stays pending and is sent again",
+                extra={"detail": f"{len(records)} events: {exc!r}"},
+            )
+            await self.close()
+            return None
+        return len(records)
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+
+def _record(entry: OutboxEntry) -> tuple[bytes, bytes] | None:
+    """(key, value) of an outbox entry: the session id and the event's JSON as stored.
+    None for an entry deleted while pending, or (logged) a malformed one: either is
+    acknowledged all the same, never retried."""
+    if entry.deleted:
+        return None
+    try:
+        if entry.event_json is None:
+            raise KeyError(EVENT_FIELD)
+        session_id = json.loads(entry.event_json)["session_id"]
+        if not isinstance(session_id, str):
+            raise TypeError(f"session_id is {type(session_id).__name__}")
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error(
+            "skipped a malformed outbox entry",
+            extra={"detail": f"{entry.entry_id}: {exc!r}"},
+        )
+        return None
+    return session_id.encode(), entry.event_json.encode()
+
+
+def _discard(futures: list[asyncio.Future[Any]]) -> None:
+    """Cancel the sends still waiting and mark the failed ones' errors as seen."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

@@ -1,11 +1,25 @@
 """Every Redis key and channel name, built in one place with a configurable prefix.
 
 Call sites never format key strings themselves.
+
+Every key expires. Each builder's docstring says how long its key lives and what
+refreshes it; nothing grows forever. A session's keys (its record, history, message
+list, dedupe and busy keys) and its owner's session set are written only by scripts
+that set the record's TTL in the same step to `SESSION_TTL`, at least as long as any
+of the others: the owner record never expires before the data it guards, so a
+session id that becomes free again has nothing left to read. A message's keys are
+named by its random id and expire on their own (`MESSAGE_META_TTL`,
+`STREAM_CACHE_TTL`, leases in milliseconds).
+
+`NO_TTL` is the documented list of keys allowed to live without one;
+tests/integration/test_key_ttls.py runs a workload and fails on any other key
+without a TTL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 #: The stream entry id of the final record. Chunks use `0-<seq>`, so `1-0` sorts after
 #: every chunk, can be written only once, and blocks any chunk written after it.
@@ -15,6 +29,26 @@ DONE_ENTRY_ID = "1-0"
 def chunk_entry_id(seq: int) -> str:
     """Stream entry id of chunk `seq`."""
     return f"0-{seq}"
+
+
+#: Glob patterns (after the prefix) of the keys allowed to have no TTL. Keep it short,
+#: and say here why each one is bounded.
+NO_TTL: tuple[str, ...] = (
+    # The event outbox: a TTL would drop events that Kafka has not taken yet, which is
+    # what the outbox is for. Bounded by KAFKA_BUFFER_MAX (the scripts add nothing past
+    # it), and the drainers delete every entry Kafka acknowledged.
+    "events:outbox",
+    # One integer: how many events the full outbox refused (cluster total, exported as
+    # kafka_events_dropped). A TTL would reset the count.
+    "events:outbox:dropped",
+)
+
+
+def may_lack_ttl(key: str, prefix: str = "") -> bool:
+    """Whether `key` (with `prefix`) is on the `NO_TTL` list."""
+    return key.startswith(prefix) and any(
+        fnmatchcase(key.removeprefix(prefix), pattern) for pattern in NO_TTL
+    )
 
 
 def seq_of_entry_id(entry_id: str) -> int:
@@ -31,33 +65,37 @@ class Keys:
 
     prefix: str = ""
 
-    # --- sessions (the first two are the seed deployment's registry names) ---------
-    def sessions_active(self) -> str:
-        """Hash: session id -> owner user id."""
-        return f"{self.prefix}sessions:active"
-
+    # --- sessions (user_sessions is the seed deployment's registry name) -------------
+    # The seed's global `sessions:active` hash (one field per session ever, read by
+    # nothing) is gone: the owner is in each session's own record.
     def user_sessions(self, user_id: str) -> str:
-        """Set: the session ids of a user."""
+        """Set: the session ids of a user. SESSION_TTL, refreshed whenever one of them is
+        opened or gets a chat (it may list sessions that expired since)."""
         return f"{self.prefix}sessions:user:{user_id}"
 
     def session(self, session_id: str) -> str:
-        """Hash: the session record (owner, created_at, last_seen, current_message)."""
+        """Hash: the session record (owner, created_at, last_seen, current_message).
+        SESSION_TTL, refreshed on open, accept and finish, with the keys below."""
         return f"{self.prefix}session:{session_id}"
 
     def session_history(self, session_id: str) -> str:
-        """List of JSON history items, capped at HISTORY_MAX."""
+        """List of JSON history items, capped at HISTORY_MAX. SESSION_TTL, set with the
+        record's."""
         return f"{self.prefix}session:{session_id}:history"
 
     def session_messages(self, session_id: str) -> str:
-        """List of the session's assistant message ids, newest last, capped."""
+        """List of the session's assistant message ids, newest last, capped. SESSION_TTL,
+        set with the record's."""
         return f"{self.prefix}session:{session_id}:messages"
 
     def session_active(self, session_id: str) -> str:
-        """String: the message id of the answer in progress (one at a time)."""
+        """String: the message id of the answer in progress (one at a time). Its own
+        short TTL (ACTIVE_TTL_MS), refreshed by each chunk."""
         return f"{self.prefix}session:{session_id}:active"
 
     def client_msg(self, session_id: str, client_msg_id: str) -> str:
-        """String: the message id a client_msg_id was given (retries get the same)."""
+        """String: the message id a client_msg_id was given (retries get the same).
+        Its own TTL (CLIENT_MSG_TTL_S, at most SESSION_TTL), never refreshed."""
         return f"{self.prefix}session:{session_id}:cmsg:{client_msg_id}"
 
     def session_channel(self, session_id: str) -> str:
@@ -70,26 +108,44 @@ class Keys:
 
     # --- messages ---------------------------------------------------------------------
     def message_meta(self, message_id: str) -> str:
-        """Hash: session_id, user_id, prompt, status, last_seq, finish_reason, usage."""
+        """Hash: session_id, user_id, prompt, status, last_seq, finish_reason, usage.
+        MESSAGE_META_TTL from the accept; never revived once expired."""
         return f"{self.prefix}msg:{message_id}:meta"
 
     def message_stream(self, message_id: str) -> str:
-        """Stream: the chunk cache, entry ids `0-<seq>`, then the final `1-0`."""
+        """Stream: the chunk cache, entry ids `0-<seq>`, then the final `1-0`.
+        STREAM_CACHE_TTL, refreshed by every write."""
         return f"{self.prefix}msg:{message_id}:stream"
 
     def message_lease(self, message_id: str) -> str:
-        """String: the token of the worker generating the message (SET NX PX)."""
+        """String: the token of the worker generating the message (SET NX PX,
+        LEASE_TTL_MS, renewed while generating)."""
         return f"{self.prefix}msg:{message_id}:lease"
 
     def message_driver(self, message_id: str) -> str:
-        """String: the gateway node that drives the message's generation calls."""
+        """String: the gateway node that drives the message's generation calls (SET NX
+        PX, renewed while driving)."""
         return f"{self.prefix}msg:{message_id}:driver"
 
     def message_cancel(self, message_id: str) -> str:
-        """String: present when the message was cancelled."""
+        """String: present when the message was cancelled. MESSAGE_META_TTL."""
         return f"{self.prefix}msg:{message_id}:cancel"
+
+    # --- events -----------------------------------------------------------------------
+    def events_outbox(self) -> str:
+        """Stream: chat events not yet in Kafka, one entry per event (field `event`, the
+        JSON). The scripts that change state add their event in the same step, at most
+        KAFKA_BUFFER_MAX entries; every node drains it (consumer group `kafka`) and
+        deletes what Kafka took. No TTL (see NO_TTL)."""
+        return f"{self.prefix}events:outbox"
+
+    def events_outbox_dropped(self) -> str:
+        """String: the count of events not added because the outbox was full. No TTL."""
+        return f"{self.prefix}events:outbox:dropped"
 
     # --- nodes ------------------------------------------------------------------------
     def node_wake(self, node_id: str) -> str:
-        """Stream a gateway's relay reader also blocks on, to learn of new keys at once."""
+        """Stream a gateway's relay reader also blocks on, to learn of new keys at once.
+        At most ~16 entries; an hour's TTL, refreshed by every wake-up (relay.WAKE_TTL_S),
+        so the stream of a node that is gone for good goes too."""
         return f"{self.prefix}node:{node_id}:wake"

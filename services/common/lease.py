@@ -39,7 +39,8 @@ class Lease:
         return self._leases.key(self.message_id)
 
     async def renew(self) -> bool:
-        """Extend the lease by its TTL; False (and `lost`) if another token holds it."""
+        """Extend the lease by its TTL (taking it back if it lapsed and nobody took it);
+        False (and `lost`) if another token holds it."""
         if self.released or self.lost:
             return False
         ok = await self._leases.renew(self.message_id, self.token)

@@ -5,6 +5,12 @@ Every step that must be atomic across nodes is one Lua script: accepting a chat
 holder, stopped by the cancel flag), and finishing (the final `1-0` entry, history,
 releasing the session). This is the I/O edge for message state; callers get plain
 values back.
+
+The accept and finish scripts also refresh the session's TTL (`session_ttl`) on its
+record, history and message list in the same step, so the owner record never expires
+before the data it guards (see keys.py). And they add the event that reports the change
+(`message.accepted`, `message.completed`) to the event outbox in that same step (see
+event_outbox.py): built here, written by the script only if the change happened.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from redis.asyncio import Redis
 
 from services.common.clock import now_iso, now_ms
 from services.common.errors import storage_op
+from services.common.event_outbox import OutboxWriter, outbox_max
+from services.common.events import ChatEvent, EventType
 from services.common.keys import DONE_ENTRY_ID, Keys, chunk_entry_id
 from services.common.lease import Leases
 from services.common.protocol import (
@@ -33,7 +41,10 @@ from services.common.streams import ChunkEntry, DoneEntry, Fields, decode_entry,
 
 #: How long a session stays "busy" without any chunk before another chat is allowed.
 ACTIVE_TTL_MS = 120_000
+#: How long a client_msg_id is remembered for dedupe (at most the session's TTL).
 CLIENT_MSG_TTL_S = 86_400
+#: The default of SESSION_TTL: 30 days after the session's last activity.
+DEFAULT_SESSION_TTL_S = 2_592_000
 #: A gateway's lease on driving a message's generation calls.
 DRIVER_TTL_MS = 10_000
 MESSAGES_MAX = 100
@@ -45,11 +56,19 @@ class AcceptOutcome(StrEnum):
     BUSY = "busy"
 
 
+class SessionTaken(Exception):
+    """The session belongs to another user by now (its record expired while a connection
+    of the old owner stayed open, and someone else opened the id): nothing was written.
+    The connection should be closed as forbidden (4403)."""
+
+
 class AppendOutcome(StrEnum):
     OK = "ok"
     LOST = "lost"
     CANCELLED = "cancelled"
     GONE = "gone"
+    GAP = "gap"
+    """The stored last_seq is not seq - 1 (Redis lost chunks): write the missing ones."""
     """The message record expired; nothing was written."""
 
 
@@ -59,6 +78,8 @@ class FinishOutcome(StrEnum):
     LEASED = "leased"
     ALREADY_DONE = "done"
     GONE = "gone"
+    GAP = "gap"
+    """The stored last_seq is not the given one (Redis lost chunks): write them first."""
     """The message record expired; nothing was written."""
 
 
@@ -106,11 +127,21 @@ class MessageStore:
         history_max: int,
         lease_ttl_ms: int,
         driver_ttl_ms: int = DRIVER_TTL_MS,
+        session_ttl: int = DEFAULT_SESSION_TTL_S,
+        node_id: str = "",
+        outbox_max: int = 0,
     ) -> None:
+        """`node_id` goes into the events; `outbox_max` bounds the event outbox (0: the
+        scripts write no events)."""
         self._r = redis
         self._k = keys
+        self._events = OutboxWriter(keys, node_id, outbox_max)
         self._stream_ttl = stream_ttl
         self._meta_ttl = meta_ttl
+        self._session_ttl = session_ttl
+        # A session's own short-lived keys never outlive its owner record.
+        self._client_msg_ttl = min(CLIENT_MSG_TTL_S, session_ttl)
+        self._active_ttl_ms = min(ACTIVE_TTL_MS, session_ttl * 1000)
         self._history_max = history_max
         self._accept = ACCEPT_CHAT.bind(redis)
         self._append = APPEND_CHUNK.bind(redis)
@@ -127,17 +158,27 @@ class MessageStore:
             meta_ttl=settings.message_meta_ttl,
             history_max=settings.history_max,
             lease_ttl_ms=settings.lease_ttl_ms,
+            session_ttl=settings.session_ttl,
+            node_id=settings.node_id,
+            outbox_max=outbox_max(settings),
         )
 
     # --- gateway side ----------------------------------------------------------------
 
     async def accept_chat(
-        self, session_id: str, user_id: str, text: str, client_msg_id: str
+        self, session_id: str, user_id: str, text: str, client_msg_id: str | None
     ) -> tuple[AcceptOutcome, str]:
-        """Record a chat; returns (NEW, new id), (DUPLICATE, earlier id) or (BUSY, active id)."""
+        """Record a chat; returns (NEW, new id), (DUPLICATE, earlier id) or (BUSY, active id).
+
+        Without a `client_msg_id` the chat gets a random one (it is never a duplicate).
+        A new chat's `message.accepted` event is written with it. Raises SessionTaken if
+        another user owns the session by now, StorageError if Redis fails."""
         k = self._k
         mid = new_message_id()
         created = now_iso()
+        event_data = {"client_msg_id": client_msg_id, "chars": len(text)}
+        if not client_msg_id:
+            client_msg_id = f"auto-{uuid.uuid4().hex}"
         meta = {
             "session_id": session_id,
             "user_id": user_id,
@@ -156,19 +197,37 @@ class MessageStore:
                 "session_messages": k.session_messages(session_id),
                 "history": k.session_history(session_id),
                 "session": k.session(session_id),
+                "user_sessions": k.user_sessions(user_id),
+                **self._events.script_keys(),
             },
             args={
                 "message_id": mid,
-                "active_ttl_ms": ACTIVE_TTL_MS,
-                "client_msg_ttl_s": CLIENT_MSG_TTL_S,
+                "active_ttl_ms": self._active_ttl_ms,
+                "client_msg_ttl_s": self._client_msg_ttl,
                 "meta_ttl_s": self._meta_ttl,
                 "history_max": self._history_max,
                 "user_item_json": _history_json(user_item_id(mid), "user", text),
                 "messages_max": MESSAGES_MAX,
                 "now_iso": created,
+                "user_id": user_id,
+                "session_id": session_id,
+                "session_ttl_s": self._session_ttl,
+                **self._events.script_args(
+                    lambda node_id: ChatEvent(
+                        type=EventType.MESSAGE_ACCEPTED,
+                        session_id=session_id,
+                        user_id=user_id,
+                        node_id=node_id,
+                        message_id=mid,
+                        at=created,
+                        data=event_data,
+                    )
+                ),
             },
             rest=_pairs(meta),
         )
+        if result[0] == _FORBIDDEN:
+            raise SessionTaken(session_id)
         return AcceptOutcome(result[0]), str(result[1])
 
     @storage_op
@@ -265,9 +324,14 @@ class MessageStore:
         usage: Usage,
         error: ErrorCode | None = None,
     ) -> FinishOutcome:
-        """Write the final record. `token=""` finishes only a message nobody leases."""
+        """Write the final record. `token=""` finishes only a message nobody leases.
+
+        The answer goes into the session's history only while the message's author
+        still owns the session (else the owner record is gone or another user's). An
+        `OK` finish writes the `message.completed` event with it."""
         k = self._k
         fields: Fields = done_fields(last_seq, reason, usage, error)
+        finished_at = now_iso()
         result = await self._finish(
             keys={
                 "lease": k.message_lease(message_id),
@@ -275,6 +339,9 @@ class MessageStore:
                 "meta": k.message_meta(message_id),
                 "session_active": k.session_active(session_id),
                 "history": k.session_history(session_id),
+                "session": k.session(session_id),
+                "session_messages": k.session_messages(session_id),
+                **self._events.script_keys(),
             },
             args={
                 "token": token,
@@ -285,6 +352,18 @@ class MessageStore:
                 "last_seq": last_seq,
                 "finish_reason": reason.value,
                 "done_entry_id": DONE_ENTRY_ID,
+                "now_iso": finished_at,
+                "session_ttl_s": self._session_ttl,
+                **self._events.script_args(
+                    lambda node_id: ChatEvent(
+                        type=EventType.MESSAGE_COMPLETED,
+                        session_id=session_id,
+                        node_id=node_id,
+                        message_id=message_id,
+                        at=finished_at,
+                        data={"finish_reason": reason.value, "usage": usage.model_dump()},
+                    )
+                ),
             },
             rest=_pairs(fields),
         )
@@ -305,8 +384,10 @@ class MessageStore:
         seq: int,
         delta: str,
         tokens: int,
+        written_ms: int | None = None,
     ) -> AppendOutcome:
-        """Append chunk `seq` as the holder of generator lease `token`."""
+        """Append chunk `seq` as the holder of generator lease `token`; `written_ms`
+        (default now) is given when a chunk lost by Redis is written again."""
         k = self._k
         result = await self._append(
             keys={
@@ -321,13 +402,18 @@ class MessageStore:
                 "entry_id": chunk_entry_id(seq),
                 "seq": seq,
                 "delta": delta,
-                "written_ms": now_ms(),
+                "written_ms": now_ms() if written_ms is None else written_ms,
                 "stream_ttl_s": self._stream_ttl,
-                "active_ttl_ms": ACTIVE_TTL_MS,
+                "active_ttl_ms": self._active_ttl_ms,
                 "tokens": tokens,
+                "lease_ttl_ms": self.generators.ttl_ms,
             },
         )
         return AppendOutcome(result)
+
+
+_FORBIDDEN = "forbidden"
+"""accept_chat.lua's answer when another user owns the session."""
 
 
 def _pairs(fields: dict[str, str]) -> list[str]:

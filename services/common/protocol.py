@@ -7,13 +7,28 @@ ever sees these models.
 from __future__ import annotations
 
 import json
+import re
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SESSION_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+"""What a whole `session_id` must match (see `valid_session_id`)."""
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+#: How deep a client frame may nest objects and arrays (the frame itself is level 1).
+#: Deeper JSON is refused: echoing it (a ping's `ts`) would exceed the serialiser's
+#: own depth limit.
+MAX_FRAME_DEPTH = 32
+#: The largest `after_seq` (a stream entry id's sequence part must fit Redis's u64).
+MAX_SEQ = 2**63 - 1
+
+
+def valid_session_id(session_id: str) -> bool:
+    """Whether the whole value is 1-64 of [A-Za-z0-9_-] (no trailing newline: `$` of
+    `re.match` would let one through)."""
+    return _SESSION_ID.fullmatch(session_id) is not None
 
 
 class CloseCode(IntEnum):
@@ -71,7 +86,7 @@ class ChatFrame(_Frame):
 class ResumeFrame(_Frame):
     type: Literal["resume"]
     message_id: str = Field(min_length=1, max_length=128)
-    after_seq: int = Field(default=0, ge=0)
+    after_seq: int = Field(default=0, ge=0, le=MAX_SEQ)
 
 
 class CancelFrame(_Frame):
@@ -103,20 +118,25 @@ class FrameError(Exception):
 def parse_client_frame(raw: str | bytes) -> ClientFrame:
     """Parse one text frame into its model.
 
-    Raises FrameError for binary frames, invalid JSON, a missing or unknown `type`
-    and fields of the wrong type.
+    Raises FrameError for binary frames, invalid JSON (NaN and Infinity included), a
+    frame nested deeper than MAX_FRAME_DEPTH, a string with a lone surrogate escape
+    (anywhere in the frame), a missing or unknown `type` and fields of the wrong type.
+    What passes can be stored in Redis and echoed back without an error.
     """
     if isinstance(raw, bytes):
         raise FrameError("binary frames are not supported; send JSON text frames")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise FrameError(f"invalid JSON: {exc.msg}") from exc
     except (ValueError, RecursionError) as exc:
-        # Absurd nesting or number literals: valid JSON in theory, refused here.
-        raise FrameError("invalid JSON: too deeply nested or a number too long") from exc
+        # Absurd nesting or number literals, NaN, Infinity: refused here.
+        raise FrameError(
+            "invalid JSON: too deeply nested, a number too long, or NaN/Infinity"
+        ) from exc
     if not isinstance(data, dict):
         raise FrameError("a frame must be a JSON object")
+    _check_values(data)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise FrameError("missing or non-string 'type'")
@@ -131,6 +151,41 @@ def parse_client_frame(raw: str | bytes) -> ClientFrame:
 
 
 _CLIENT_TYPES = frozenset({"chat", "resume", "cancel", "history", "ping"})
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_values(frame: dict[str, Any]) -> None:
+    """Refuse nesting deeper than MAX_FRAME_DEPTH and strings that are not valid Unicode
+    (a lone surrogate from a `\\ud800` escape cannot be encoded to UTF-8: not for Redis,
+    not for the reply). Iterative, so no input can exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(frame, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_FRAME_DEPTH:
+                raise FrameError(f"frame nested more than {MAX_FRAME_DEPTH} levels deep")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _check_text(key)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FrameError(
+            "a string holds a lone surrogate (\\ud800-\\udfff); send valid Unicode"
+        ) from exc
 
 
 # --- server -> client ----------------------------------------------------------------

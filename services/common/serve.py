@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 
 import uvicorn
 
+from services.common.safety import install_log_redaction, startup_problems
 from services.common.settings import Settings
 
 
@@ -21,6 +23,15 @@ def listening_socket(host: str, port: int, send_buffer: int) -> socket.socket:
     return sock
 
 
+def refuse_unsafe(settings: Settings, host: str) -> None:
+    """Exit (status 2, one line per reason on stderr) before listening if unsafe."""
+    problems = startup_problems(settings, host)
+    if problems:
+        for problem in problems:
+            print(f"refusing to start: {problem}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2)
+
+
 def serve(factory: str, default_port: int) -> None:
     """Run `factory` (a `module:function` returning the app) with uvloop and httptools.
 
@@ -31,6 +42,10 @@ def serve(factory: str, default_port: int) -> None:
     parser.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args()
     settings = Settings()
+    refuse_unsafe(settings, args.host)
+    # uvicorn's access log stays off; its handshake lines on uvicorn.error carry the
+    # query string, so tokens in it are redacted.
+    install_log_redaction()
     config = uvicorn.Config(
         factory,
         factory=True,

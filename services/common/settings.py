@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,15 +29,19 @@ class Settings(BaseSettings):
 
     # --- Kafka -----------------------------------------------------------------
     kafka_enabled: bool = True
+    """False: no event is written, not even to the Redis outbox, and nothing drains it."""
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = "chat.events"
     kafka_idempotence: bool = False
-    """Tansu's memory storage refuses InitProducerId, so this is off for local runs."""
-    kafka_buffer_max: int = 10_000
-    """Events kept while Kafka is down; the overflow is counted and logged."""
+    """Tansu's memory storage refuses InitProducerId, so this is off for local runs; a
+    real Kafka (compose's) can turn it on."""
+    kafka_buffer_max: int = Field(default=10_000, ge=1)
+    """Events kept in Redis (the event outbox) while Kafka is down; past it new events are
+    not written, but counted (`kafka_events_dropped`) and logged."""
 
     # --- auth and wire limits ----------------------------------------------------
-    jwt_secret: str = "change-me-in-production"
+    jwt_secret: str = ""
+    """Required: services refuse to start without a random secret of 32+ characters."""
     auth_dev_mode: bool = False
     allowed_origins: str = "http://localhost:3000,http://127.0.0.1:3000"
     """Comma-separated; `*` allows any Origin. Requests without Origin are allowed."""
@@ -50,8 +54,12 @@ class Settings(BaseSettings):
     cache_l1_max_size: int = 10_000
     cache_l1_expire_write: float = 30.0
     """Seconds a session record stays in the in-process cache after it was loaded."""
-    cache_l2_ttl: int = 86_400
-    """Seconds a session record lives in Redis after it was last seen."""
+    session_ttl: int = Field(
+        default=2_592_000, gt=0, validation_alias=AliasChoices("session_ttl", "cache_l2_ttl")
+    )
+    """Seconds a session lives in Redis after its last activity (open, chat, answer): its
+    owner record, history, message list and the user's session set expire together,
+    the owner record never first. `CACHE_L2_TTL` is the deprecated old name."""
     history_max: int = 200
     history_context_messages: int = 20
     """Messages of history given to the model as context."""

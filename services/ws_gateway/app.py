@@ -1,8 +1,9 @@
 """The gateway's app factory: the lifespan builds the node and yields it as state.
 
 Routes: `/ws/chat` (endpoint.py), the REST surface under `/api/` (rest.py) and the
-ops routes. The node's long-lived loops (relay reader, stall watcher, notifier) run
-under a `TaskSupervisor`, so one that dies is restarted and `/ready` says so.
+ops routes. The node's long-lived loops (relay reader, stall watcher, notifier, state
+audit, and the event drainer unless KAFKA_ENABLED=false) run under a `TaskSupervisor`,
+so one that dies is restarted and `/ready` says so.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.common.errors import StorageError
-from services.common.kafka import EventPublisher
+from services.common.event_outbox import EventOutbox
+from services.common.kafka import EventDrainer
 from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
@@ -56,9 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
                 )
             )
-            publisher = EventPublisher(settings, registry)
-            await publisher.start()
-            stack.push_async_callback(publisher.stop)
             keys = Keys(settings.redis_key_prefix)
             store = MessageStore.from_settings(redis, settings)
             sessions = SessionStore.from_settings(redis, settings)
@@ -95,9 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             loops.start("notifier", notifier.run)
             loops.start("state-audit", audit.run)
-            ctx = NodeContext(
-                settings, store, sessions, hub, relay, driver, notifier, publisher, metrics
-            )
+            if settings.kafka_enabled:
+                drainer = EventDrainer(EventOutbox(redis, keys), settings, registry)
+                loops.start("event-drainer", drainer.run)
+            ctx = NodeContext(settings, store, sessions, hub, relay, driver, notifier, metrics)
             yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -20,13 +19,13 @@ from starlette.websockets import WebSocket
 
 from services.common.clock import now_ms
 from services.common.errors import StorageError
-from services.common.events import ChatEvent, EventType
-from services.common.message_store import AcceptOutcome
+from services.common.message_store import AcceptOutcome, SessionTaken
 from services.common.protocol import (
     AckFrame,
     CancelFrame,
     ChatFrame,
     ClientFrame,
+    CloseCode,
     ErrorCode,
     ErrorFrame,
     FrameError,
@@ -216,10 +215,16 @@ class Connection:
                 client_msg_id=frame.client_msg_id,
                 retry_after=round(wait, 2),
             )
-        client_msg_id = frame.client_msg_id or f"auto-{uuid.uuid4().hex}"
-        outcome, message_id = await ctx.store.accept_chat(
-            self.session_id, self.user_id, frame.text, client_msg_id
-        )
+        try:
+            # Writes the message.accepted event (in the outbox) if the chat is new.
+            outcome, message_id = await ctx.store.accept_chat(
+                self.session_id, self.user_id, frame.text, frame.client_msg_id
+            )
+        except SessionTaken:
+            # The session expired while this socket idled and another user took the id.
+            log.info("session taken by another user; closing with 4403")
+            self.close(CloseCode.FORBIDDEN)
+            return
         if outcome == AcceptOutcome.BUSY:
             raise ClientError(
                 ErrorCode.BUSY,
@@ -235,16 +240,6 @@ class Connection:
         ctx.hub.message_started(self.session_id, message_id)
         await ctx.notifier.message_started(self.session_id, message_id)
         ctx.driver.drive(message_id, self.session_id)
-        ctx.publisher.publish(
-            ChatEvent(
-                type=EventType.MESSAGE_ACCEPTED,
-                session_id=self.session_id,
-                user_id=self.user_id,
-                node_id=ctx.settings.node_id,
-                message_id=message_id,
-                data={"client_msg_id": frame.client_msg_id, "chars": len(frame.text)},
-            )
-        )
 
     async def _resume(self, frame: ResumeFrame) -> None:
         ctx = self.ctx

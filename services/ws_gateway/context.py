@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.kafka import EventPublisher
 from services.common.message_store import MessageStore
 from services.common.settings import Settings
 from services.ws_gateway.driver import Driver
@@ -24,5 +23,4 @@ class NodeContext:
     relay: Relay
     driver: Driver
     notifier: Notifier
-    publisher: EventPublisher
     metrics: GatewayMetrics

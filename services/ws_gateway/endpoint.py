@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import APIRouter
 from starlette.websockets import WebSocket
 
 from services.common.clock import now_iso
 from services.common.errors import StorageError
-from services.common.events import ChatEvent, EventType
 from services.common.logging import session_id_var
 from services.common.protocol import (
-    SESSION_ID_PATTERN,
     CloseCode,
     ErrorCode,
     ErrorFrame,
     WelcomeFrame,
     encode,
+    valid_session_id,
 )
 from services.ws_gateway.auth import AuthError, authenticate, token_from_subprotocols
 from services.ws_gateway.connection import Connection
@@ -26,7 +24,6 @@ from services.ws_gateway.context import NodeContext
 from services.ws_gateway.sessions import Forbidden
 
 log = logging.getLogger(__name__)
-_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
 def chat_router() -> APIRouter:
@@ -44,7 +41,7 @@ def chat_router() -> APIRouter:
         subprotocol_token = token_from_subprotocols(ws.scope.get("subprotocols", []))
         await ws.accept(subprotocol="bearer" if subprotocol_token else None)
         session_id = ws.query_params.get("session_id", "")
-        if not _SESSION_ID.match(session_id):
+        if not valid_session_id(session_id):
             await ws.send_text(
                 encode(
                     ErrorFrame(
@@ -79,15 +76,6 @@ def chat_router() -> APIRouter:
             log.exception("session store unavailable")
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
             return
-        if created:
-            ctx.publisher.publish(
-                ChatEvent(
-                    type=EventType.SESSION_OPENED,
-                    session_id=session_id,
-                    user_id=user_id,
-                    node_id=settings.node_id,
-                )
-            )
         conn = Connection(ws, ctx, session_id, user_id)
         ctx.hub.join(session_id, conn)
         ctx.metrics.connections.inc()

@@ -135,9 +135,12 @@ class Follower:
                 chunks.append(entry)
             elif isinstance(entry, DoneEntry):
                 if entry.error is not None:
-                    frames.append(
-                        ErrorFrame(code=entry.error, message=NO_WORKER_MESSAGE, message_id=mid)
+                    message = (
+                        STATE_LOST_MESSAGE
+                        if entry.error == ErrorCode.STATE_LOST
+                        else NO_WORKER_MESSAGE
                     )
+                    frames.append(ErrorFrame(code=entry.error, message=message, message_id=mid))
                 frames.append(
                     DoneFrame(
                         message_id=mid,

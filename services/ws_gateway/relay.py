@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 5_000
 COUNT_PER_STREAM = 512
+#: The wake stream's TTL, refreshed by each wake-up: the stream of a node that is gone
+#: for good does not stay in Redis (a live node's reader does not need it to exist).
+WAKE_TTL_S = 3_600
 
 
 class Relay:
@@ -59,7 +62,10 @@ class Relay:
         key = self._k.message_stream(message_id)
         if self._hub.follow(message_id, key, member, after_seq, time.monotonic()):
             try:
-                await self._r.xadd(self._wake_key, {"k": message_id}, maxlen=16, approximate=True)
+                async with self._r.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self._wake_key, {"k": message_id}, maxlen=16, approximate=True)
+                    pipe.expire(self._wake_key, WAKE_TTL_S)
+                    await pipe.execute()
             except RedisError as exc:
                 raise StorageError(f"waking the relay: {exc}") from exc
 

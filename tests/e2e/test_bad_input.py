@@ -204,3 +204,49 @@ async def test_client_that_stops_reading_is_closed_with_4008(tuned_cluster) -> N
     answer.assert_exactly_once()
     assert len(answer.seqs) == 20_000
     await client.close()
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["abc\n", "abc\n\n", "abc\r\n", "\nabc", "a" * 65, "a b", ""],
+    ids=["trailing-lf", "two-lf", "crlf", "leading-lf", "too-long", "space", "empty"],
+)
+async def test_an_invalid_session_id_gets_bad_request_then_1008(cluster, session_id: str) -> None:
+    """Issue 7: a trailing newline passed `re.match` with a `$` pattern."""
+    async with websockets.connect(cluster.ws_url(session_id, user_id="sid")) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert frame["type"] == "error" and frame["code"] == "bad_request", frame
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+
+
+async def test_frames_that_cannot_be_echoed_or_stored_get_bad_request(cluster) -> None:
+    """Issue 7: a ping with a deeply nested or lone-surrogate `ts` got `internal` (the
+    pong could not be encoded); the same strings in a chat, resume or cancel could not
+    be stored in Redis. Each is a clean `bad_request` now, and the connection stays."""
+    client = ChatClient(cluster.ws_url(sid(), user_id="bad2"))
+    await client.connect()
+    deep = 300
+    bad_frames = [
+        '{"type": "ping", "ts": ' + "[" * deep + "]" * deep + "}",
+        '{"type": "ping", "ts": ' + '{"a": ' * deep + "1" + "}" * deep + "}",
+        r'{"type": "ping", "ts": "\ud800"}',
+        r'{"type": "ping", "ts": {"k": ["x\udfff"]}}',
+        '{"type": "ping", "ts": NaN}',
+        r'{"type": "chat", "text": "hi \ud800"}',
+        r'{"type": "chat", "text": "hi", "client_msg_id": "\udc00"}',
+        r'{"type": "resume", "message_id": "m_\ud800"}',
+        r'{"type": "cancel", "message_id": "m_\ud800"}',
+        json.dumps({"type": "resume", "message_id": "m_x", "after_seq": 2**64}),
+    ]
+    for raw in bad_frames:
+        await client.send(raw)
+        frame = await client.recv()
+        assert frame["type"] == "error" and frame["code"] == "bad_request", (raw[:60], frame)
+    await client.send(r'{"type": "ping", "ts": ["\ud83d\ude00", {"n": [[1]]}]}')
+    assert await client.recv() == {"type": "pong", "ts": ["😀", {"n": [[1]]}]}
+    ack = await client.chat("still works?")
+    assert ack["type"] == "ack"
+    (await client.read_answer(Answer(ack["message_id"]))).assert_exactly_once()
+    await client.close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -196,22 +197,26 @@ async def test_lifecycle_events_reach_kafka(cluster) -> None:
         group_id=None,
     )
     await consumer.start()
-    seen: list[dict[str, object]] = []
+    lifecycle = ["session.opened", "message.accepted", "message.completed"]
+    # Delivery is at least once and several nodes drain the outbox: consumers dedupe by
+    # event_id and order by `at` (services/common/events.py).
+    seen: dict[str, dict[str, Any]] = {}
     try:
         async with asyncio.timeout(20):
-            while not any(e["type"] == "message.completed" for e in seen):
+            while sorted(e["type"] for e in seen.values()) != sorted(lifecycle):
                 batch = await consumer.getmany(timeout_ms=500)
-                seen += [
-                    json.loads(r.value)
-                    for records in batch.values()
-                    for r in records
-                    if r.key == session.encode()
-                ]
+                for records in batch.values():
+                    for r in records:
+                        if r.key == session.encode():
+                            event = json.loads(r.value)
+                            seen.setdefault(event["event_id"], event)
     finally:
         await consumer.stop()
-    assert [e["type"] for e in seen] == ["session.opened", "message.accepted", "message.completed"]
-    completed = seen[-1]
-    assert completed["message_id"] == answer.message_id
+    events = sorted(seen.values(), key=lambda e: (e["at"], lifecycle.index(e["type"])))
+    assert [e["type"] for e in events] == lifecycle
+    opened, accepted, completed = events
+    assert opened["user_id"] == accepted["user_id"] == "events"
+    assert accepted["message_id"] == completed["message_id"] == answer.message_id
     assert completed["data"] == {"finish_reason": "stop", "usage": answer.done["usage"]}
 
 

@@ -17,6 +17,7 @@ from services.common.message_store import (
     AppendOutcome,
     FinishOutcome,
     MessageStore,
+    SessionTaken,
     user_item_id,
 )
 from services.common.protocol import ErrorCode, FinishReason, MessageStatus, StreamInfo, Usage
@@ -28,10 +29,11 @@ pytestmark = pytest.mark.integration
 STREAM_TTL = 600
 META_TTL = 3600
 HISTORY_MAX = 50
+SESSION_TTL = 7200
 SESSION = "s1"
 
 
-def make_store(redis: Redis, keys: Keys) -> MessageStore:
+def make_store(redis: Redis, keys: Keys, session_ttl: int = SESSION_TTL) -> MessageStore:
     return MessageStore(
         redis,
         keys,
@@ -39,6 +41,7 @@ def make_store(redis: Redis, keys: Keys) -> MessageStore:
         meta_ttl=META_TTL,
         history_max=HISTORY_MAX,
         lease_ttl_ms=30_000,
+        session_ttl=session_ttl,
     )
 
 
@@ -186,20 +189,94 @@ async def test_append_ok_writes_the_chunk_and_updates_meta(
     assert await redis.pttl(keys.session_active(SESSION)) > 1_000
 
 
-@pytest.mark.parametrize("holder", ["other", None], ids=["wrong-token", "no-lease"])
+async def assert_chunks(store: MessageStore, mid: str, *deltas: str) -> None:
+    """The stream holds exactly chunks 1..k with `deltas`, and the meta says k."""
+    entries = await store.read_entries(mid)
+    assert [(e.seq, e.delta) for e in entries if isinstance(e, ChunkEntry)] == list(
+        enumerate(deltas, start=1)
+    )
+    meta = await store.meta(mid)
+    assert meta is not None and meta.last_seq == len(deltas)
+
+
 @pytest.mark.parametrize("token", ["w1:stale", ""])
-async def test_append_without_the_lease_is_lost_and_writes_nothing(
-    store: MessageStore, redis: Redis, keys: Keys, holder: str | None, token: str
+async def test_append_while_another_holds_the_lease_is_lost_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, token: str
 ) -> None:
     mid = await accept(store, "c1")
-    if holder is not None:
-        await redis.set(keys.message_lease(mid), holder)
+    await redis.set(keys.message_lease(mid), "other")
 
     assert await append(store, mid, token, 1) is AppendOutcome.LOST
     assert await redis.exists(keys.message_stream(mid)) == 0
     meta = await store.meta(mid)
     assert meta is not None
     assert (meta.status, meta.last_seq) == (MessageStatus.PENDING, 0)
+    assert await redis.get(keys.message_lease(mid)) == "other"
+
+
+async def test_append_takes_back_a_lease_that_lapsed_with_nobody_taking_it(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid, token = await generating(store, "c1", "a")
+    await redis.delete(keys.message_lease(mid))  # it expired (or Redis lost it)
+
+    assert await append(store, mid, token, 2, "b") is AppendOutcome.OK
+
+    await assert_chunks(store, mid, "a", "b")
+    assert await redis.get(keys.message_lease(mid)) == token
+    assert 0 < await redis.pttl(keys.message_lease(mid)) <= store.generators.ttl_ms
+
+
+async def test_append_stores_the_written_time_it_is_given(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    """A chunk Redis lost is written again with the time it was first written."""
+    mid, token = await generating(store)
+
+    outcome = await store.append_chunk(
+        mid, SESSION, token=token, seq=1, delta="Hel", tokens=1, written_ms=1_234
+    )
+    assert outcome is AppendOutcome.OK
+
+    assert await redis.xrange(keys.message_stream(mid)) == [("0-1", {"d": "Hel", "t": "1234"})]
+    assert await store.read_entries(mid) == [ChunkEntry(1, "Hel", 1_234)]
+
+
+@pytest.mark.parametrize("seq", [1, 2, 4], ids=["again", "same", "skipping"])
+@pytest.mark.parametrize("lease", ["held", "lapsed"])
+async def test_append_of_any_seq_but_the_next_is_a_gap_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, seq: int, lease: str
+) -> None:
+    mid, token = await generating(store, "c1", "a", "b")
+    if lease == "lapsed":
+        await redis.delete(keys.message_lease(mid))
+
+    assert await append(store, mid, token, seq, "z") is AppendOutcome.GAP
+
+    await assert_chunks(store, mid, "a", "b")
+    meta = await store.meta(mid)
+    assert meta is not None and meta.completion_tokens == 2
+    # A gap does not take a lapsed lease back either.
+    assert await store.generators.holder(mid) == (token if lease == "held" else None)
+
+
+@pytest.mark.parametrize("lease", ["held", "lapsed"])
+async def test_append_after_the_final_record_is_lost_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, lease: str
+) -> None:
+    mid = await accept(store, "c1")
+    assert await finish(store, mid, "") is FinishOutcome.OK
+    token = await generator_token(store, mid)
+    if lease == "lapsed":
+        await redis.delete(keys.message_lease(mid))
+
+    assert await append(store, mid, token, 1) is AppendOutcome.LOST
+
+    assert [type(e) for e in await store.read_entries(mid)] == [DoneEntry]
+    meta = await store.meta(mid)
+    assert meta is not None
+    assert (meta.status, meta.last_seq, meta.completion_tokens) == (MessageStatus.DONE, 0, 0)
+    assert await store.generators.holder(mid) == (token if lease == "held" else None)
 
 
 async def test_append_after_cancel_is_cancelled_and_writes_nothing(
@@ -295,14 +372,49 @@ async def test_finish_while_another_holds_the_lease_writes_nothing(
     assert await store.generators.holder(mid) == holder
 
 
-async def test_finish_by_a_holder_whose_lease_expired_is_lost(
+async def test_finish_by_a_holder_whose_lease_lapsed_with_nobody_taking_it_is_ok(
     store: MessageStore, redis: Redis, keys: Keys
 ) -> None:
-    mid, token = await generating(store)
-    await redis.delete(keys.message_lease(mid))  # the lease expired
+    mid, token = await generating(store, "c1", "x")
+    await redis.delete(keys.message_lease(mid))  # it expired (or Redis lost it)
 
-    assert await finish(store, mid, token) is FinishOutcome.LOST
-    await assert_untouched(store, redis, keys, mid)
+    assert await finish(store, mid, token, last_seq=1) is FinishOutcome.OK
+
+    await assert_chunks(store, mid, "x")
+    assert (await store.read_entries(mid, after_seq=1)) == [
+        DoneEntry(1, FinishReason.STOP, Usage(prompt_tokens=3, completion_tokens=1))
+    ]
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.DONE
+    assert await redis.exists(keys.session_active(SESSION)) == 0
+    assert await store.generators.holder(mid) is None
+
+
+@pytest.mark.parametrize("last_seq", [1, 3], ids=["behind", "ahead"])
+async def test_finish_at_another_last_seq_than_stored_is_a_gap_and_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys, last_seq: int
+) -> None:
+    """Redis came back with fewer (or more) chunks than the worker wrote."""
+    mid, token = await generating(store, "c1", "a", "b")
+
+    assert await finish(store, mid, token, last_seq=last_seq) is FinishOutcome.GAP
+
+    await assert_chunks(store, mid, "a", "b")
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.STREAMING
+    assert await redis.get(keys.session_active(SESSION)) == mid
+    assert await redis.llen(keys.session_history(SESSION)) == 1
+    assert await store.generators.holder(mid) == token  # kept, to write the chunks again
+
+
+async def test_finish_without_a_token_is_not_checked_for_gaps(store: MessageStore) -> None:
+    """The gateway's forced end (nobody leases it) finishes at the seq it read."""
+    mid, token = await generating(store, "c1", "a", "b")
+    await store.generators.release(mid, token)
+
+    assert await finish(store, mid, "", last_seq=1) is FinishOutcome.OK
+    meta = await store.meta(mid)
+    assert meta is not None and (meta.status, meta.last_seq) == (MessageStatus.DONE, 1)
 
 
 async def test_finish_without_a_token_when_nobody_leases_is_ok(
@@ -337,8 +449,10 @@ async def test_a_second_finish_is_already_done_and_writes_nothing(
     history_len = await redis.llen(keys.session_history(SESSION))
 
     assert await finish(store, mid, "", last_seq=7) is FinishOutcome.ALREADY_DONE
-    # The first finish dropped the lease, so its token no longer holds anything.
-    assert await finish(store, mid, token, last_seq=7) is FinishOutcome.LOST
+    # The first finish dropped the lease; nobody took it, so its token finds it done.
+    assert await finish(store, mid, token, last_seq=7) is FinishOutcome.ALREADY_DONE
+    assert await finish(store, mid, token, last_seq=1) is FinishOutcome.ALREADY_DONE
+    assert await store.generators.holder(mid) is None  # not taken back by the finish
     # A worker that took the lease over afterwards still cannot finish twice.
     late = await generator_token(store, mid)
     assert await finish(store, mid, late, last_seq=7) is FinishOutcome.ALREADY_DONE
@@ -348,23 +462,6 @@ async def test_a_second_finish_is_already_done_and_writes_nothing(
     meta = await store.meta(mid)
     assert meta is not None and meta.last_seq == 1
     assert await store.generators.holder(mid) == late  # ALREADY_DONE leaves the lease
-
-
-async def test_a_chunk_after_the_final_record_is_refused_by_redis(
-    store: MessageStore, redis: Redis, keys: Keys
-) -> None:
-    mid = await accept(store, "c1")
-    assert await finish(store, mid, "") is FinishOutcome.OK
-    token = await generator_token(store, mid)
-
-    # XADD 0-1 after 1-0 fails inside the script: a StorageError, nothing written.
-    with pytest.raises(StorageError, match="append_chunk"):
-        await append(store, mid, token, 1)
-
-    assert await redis.xlen(keys.message_stream(mid)) == 1
-    meta = await store.meta(mid)
-    assert meta is not None
-    assert (meta.status, meta.last_seq, meta.completion_tokens) == (MessageStatus.DONE, 0, 0)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -487,6 +584,126 @@ async def test_a_late_write_after_the_meta_expired_leaves_no_partial_meta(
 
 async def test_meta_of_an_unknown_message_is_none(store: MessageStore) -> None:
     assert await store.meta("m_unknown") is None
+
+
+# --- the session's TTL and owner --------------------------------------------------------
+
+
+def session_keys(keys: Keys, user_id: str = "u1") -> list[str]:
+    """The keys accept and finish give the session's TTL: the record, its history and
+    message list, and the owner's session set."""
+    return [
+        keys.session(SESSION),
+        keys.session_history(SESSION),
+        keys.session_messages(SESSION),
+        keys.user_sessions(user_id),
+    ]
+
+
+async def ttls(redis: Redis, names: list[str]) -> list[int]:
+    return [await redis.ttl(name) for name in names]
+
+
+async def test_accept_gives_the_session_record_and_its_data_the_session_ttl(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+
+    assert await redis.hget(keys.session(SESSION), "owner") == "u1"
+    assert await redis.smembers(keys.user_sessions("u1")) == {SESSION}
+    for name, ttl in zip(session_keys(keys), await ttls(redis, session_keys(keys)), strict=True):
+        assert SESSION_TTL - 5 < ttl <= SESSION_TTL, name
+    # The dedupe, busy and message keys keep their own, shorter TTLs.
+    assert 0 < await redis.ttl(keys.client_msg(SESSION, "c1")) <= CLIENT_MSG_TTL_S
+    assert 0 < await redis.pttl(keys.session_active(SESSION)) <= ACTIVE_TTL_MS
+    assert 0 < await redis.ttl(keys.message_meta(mid)) <= META_TTL
+
+
+async def test_finish_refreshes_the_session_ttl_with_the_history_item(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid = await accept(store, "c1")
+    for name in session_keys(keys)[:3]:
+        await redis.expire(name, 5)
+
+    assert await finish(store, mid, "") is FinishOutcome.OK
+
+    assert await redis.llen(keys.session_history(SESSION)) == 2
+    for name, ttl in zip(
+        session_keys(keys)[:3], await ttls(redis, session_keys(keys)[:3]), strict=True
+    ):
+        assert SESSION_TTL - 5 < ttl <= SESSION_TTL, name
+
+
+async def test_a_short_session_ttl_caps_the_dedupe_and_busy_keys(redis: Redis, keys: Keys) -> None:
+    store = make_store(redis, keys, session_ttl=60)
+    await accept(store, "c1")
+
+    assert 0 < await redis.ttl(keys.client_msg(SESSION, "c1")) <= 60
+    assert 0 < await redis.pttl(keys.session_active(SESSION)) <= 60_000
+    assert 0 < await redis.ttl(keys.session(SESSION)) <= 60
+
+
+async def test_accept_in_a_session_another_user_owns_now_writes_nothing(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    """The owner's record expired under an open connection and another user took the
+    id: that connection's chat must not land in (or read) the new owner's session."""
+    await redis.hset(keys.session(SESSION), mapping={"owner": "u2", "created_at": "t"})
+
+    with pytest.raises(SessionTaken):
+        await store.accept_chat(SESSION, "u1", "hello", "c1")
+
+    assert await redis.hgetall(keys.session(SESSION)) == {"owner": "u2", "created_at": "t"}
+    for name in (
+        keys.session_history(SESSION),
+        keys.session_messages(SESSION),
+        keys.session_active(SESSION),
+        keys.client_msg(SESSION, "c1"),
+        keys.user_sessions("u1"),
+    ):
+        assert await redis.exists(name) == 0, name
+    assert [k async for k in redis.scan_iter(match=f"{keys.prefix}msg:*")] == []
+
+
+async def test_accept_without_an_owner_record_owns_the_session_from_scratch(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    """Data left without an owner record (written before these keys expired) is never
+    inherited: the accepting user owns a fresh session."""
+    await redis.rpush(keys.session_history(SESSION), '{"left": "over"}')
+    await redis.rpush(keys.session_messages(SESSION), "m_old")
+
+    mid = await accept(store, "c1")
+
+    record = await redis.hgetall(keys.session(SESSION))
+    assert (record["owner"], record["current_message"]) == ("u1", mid)
+    assert record["created_at"] == record["last_seen"]
+    assert [h.message_id for h in await store.history(SESSION, 10)] == [user_item_id(mid)]
+    assert await redis.lrange(keys.session_messages(SESSION), 0, -1) == [mid]
+    assert -1 not in await ttls(redis, session_keys(keys))
+
+
+@pytest.mark.parametrize("owner", ["u2", None], ids=["another-user", "no-record"])
+async def test_finish_writes_history_only_while_its_author_owns_the_session(
+    store: MessageStore, redis: Redis, keys: Keys, owner: str | None
+) -> None:
+    mid = await accept(store, "c1")
+    await redis.delete(*session_keys(keys)[:3])  # the session expired...
+    if owner is not None:  # ...and another user opened the id
+        await redis.hset(keys.session(SESSION), mapping={"owner": owner, "created_at": "t"})
+
+    assert await finish(store, mid, "") is FinishOutcome.OK
+
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.DONE
+    assert await redis.exists(keys.session_history(SESSION)) == 0
+    assert await redis.exists(keys.session_messages(SESSION)) == 0
+    if owner is None:
+        assert await redis.exists(keys.session(SESSION)) == 0
+    else:
+        assert await redis.hgetall(keys.session(SESSION)) == {"owner": owner, "created_at": "t"}
+        assert await redis.ttl(keys.session(SESSION)) == -1  # not touched
 
 
 # --- Redis unreachable -------------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_app_environment(services: dict[str, dict[str, Any]]) -> None:
     for name in _app_services(services):
         env = services[name]["environment"]
         node_ids.append(env["NODE_ID"])
-        assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+        assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+        assert env["JWT_SECRET"].startswith("${JWT_SECRET:?")
         assert env["REDIS_URL"].endswith("@redis:6379/0")
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
         assert env["WORKER_URL"] == "http://nginx:8081"
@@ -98,6 +99,13 @@ def test_internal_worker_listener_is_not_published(
         assert 8081 not in _published_ports(svc), name
 
 
+def test_nginx_publishes_on_loopback_unless_public_bind_says_otherwise() -> None:
+    default = _resolved({**SECRETS})["services"]["nginx"]["ports"]
+    assert sorted(default) == ["127.0.0.1:3000:3000", "127.0.0.1:8080:8080", "127.0.0.1:8090:8090"]
+    public = _resolved({**SECRETS, "PUBLIC_BIND": "0.0.0.0"})["services"]["nginx"]["ports"]
+    assert all(port.startswith("0.0.0.0:") for port in public), public
+
+
 def test_nginx_mounts(services: dict[str, dict[str, Any]]) -> None:
     volumes = services["nginx"]["volumes"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in volumes
@@ -108,7 +116,7 @@ def test_redis_requires_a_password(services: dict[str, dict[str, Any]]) -> None:
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
     command = redis["command"]
-    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD")
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
     assert "redis-cli" in redis["healthcheck"]["test"]
     assert "ping" in redis["healthcheck"]["test"]
 
@@ -121,12 +129,45 @@ def test_kafka_is_single_node_kraft(services: dict[str, dict[str, Any]]) -> None
     assert "healthcheck" in kafka
 
 
-def test_env_file_has_placeholder_secrets() -> None:
-    lines = (COMPOSE_DIR / ".env").read_text().splitlines()
-    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
-    assert env["REDIS_PASSWORD"] == "change-me"
-    assert env["JWT_SECRET"] == "change-me"
+def test_env_file_sets_no_secret() -> None:
+    """compose/.env is committed: a secret in it would be the same on every install."""
+    env = _env_file()
+    assert "REDIS_PASSWORD" not in env
+    assert "JWT_SECRET" not in env
+    assert not [v for v in env.values() if "change-me" in v.lower()], env
     assert env["AUTH_DEV_MODE"] == "false"
+
+
+def test_missing_secrets_are_refused() -> None:
+    """What `docker compose config` does with only compose/.env: it refuses, naming
+    both secrets; given both, every value resolves and reaches the services."""
+    with pytest.raises(ComposeError) as refused:
+        _resolved({})
+    assert "JWT_SECRET" in str(refused.value) and "REDIS_PASSWORD" in str(refused.value)
+    for missing in SECRETS:
+        with pytest.raises(ComposeError, match=missing):
+            _resolved({k: v for k, v in SECRETS.items() if k != missing})
+        with pytest.raises(ComposeError, match=missing):  # set but empty: `:?` refuses too
+            _resolved({**SECRETS, missing: ""})
+    data = _resolved({**SECRETS})
+    for name in _app_services(data["services"]):
+        env = data["services"][name]["environment"]
+        assert env["JWT_SECRET"] == SECRETS["JWT_SECRET"], name
+        assert env["REDIS_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0", name
+    redis = data["services"]["redis"]
+    assert SECRETS["REDIS_PASSWORD"] in redis["command"]
+    assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
+
+
+def test_interpolation_follows_compose() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    assert _interpolate("a${SET}b$SET$$", env) == "avbv$"
+    assert _interpolate("${EMPTY:-d} ${EMPTY-d} ${UNSET-d} ${SET:-d}", env) == "d  d v"
+    assert _interpolate("${EMPTY?e}", env) == ""
+    with pytest.raises(ComposeError, match="EMPTY: e"):
+        _interpolate("${EMPTY:?e}", env)
+    with pytest.raises(ComposeError, match="UNSET: e"):
+        _interpolate("${UNSET?e}", env)
 
 
 def test_dockerfile() -> None:
@@ -145,14 +186,92 @@ def test_dockerfile() -> None:
 
 def test_every_variable_and_path_the_compose_file_names_exists() -> None:
     """What `docker compose config` would resolve, checked without a Docker engine:
-    every ${VAR} has a value in compose/.env and every mounted or built path exists."""
+    every ${VAR} has a value in compose/.env or a default, except the required
+    secrets, and every mounted or built path exists."""
     text = COMPOSE_FILE.read_text()
-    env_names = {
-        line.split("=", 1)[0].strip()
-        for line in (COMPOSE_FILE.parent / ".env").read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    }
-    for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text):
-        assert name in env_names, f"${{{name}}} has no value in compose/.env"
+    env_names = set(_env_file())
+    for name, operator in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(:?[-?+]?)", text):
+        if name in SECRETS:
+            assert operator == ":?", f"${{{name}}} must be required with :?"
+            continue
+        assert name in env_names or operator in (":-", "-"), f"${{{name}}} has no value"
     for src in re.findall(r"^\s*-\s*(\.{1,2}/[^:\s]+):", text, re.M):
         assert (COMPOSE_FILE.parent / src).resolve().exists(), f"missing mount source {src}"
+
+
+# --- compose's variable interpolation, for the checks above ---------------------------
+
+#: Random-looking stand-ins for the secrets an operator sets.
+SECRETS = {"JWT_SECRET": "0123456789abcdef" * 4, "REDIS_PASSWORD": "p4ssw0rd-for-tests"}
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"
+)
+
+
+class ComposeError(Exception):
+    """Interpolation refused (a required variable is unset or empty)."""
+
+
+def _env_file() -> dict[str, str]:
+    """compose/.env as compose reads it: KEY=VALUE lines, # comments."""
+    env = {}
+    for line in (COMPOSE_DIR / ".env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """compose-spec interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e},
+    ${VAR?e}, ${VAR:+r}, ${VAR+r}; ComposeError lists every refused variable."""
+    errors: list[str] = []
+
+    def one(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["bare"] or match["name"]
+        op, arg = match["op"] or "", match["arg"] or ""
+        value = env.get(name)
+        missing = value is None or (op.startswith(":") and value == "")
+        if op.endswith("-"):
+            return arg if missing else str(value)
+        if op.endswith("?"):
+            if missing:
+                errors.append(f"{name}: {arg}")
+                return ""
+            return str(value)
+        if op.endswith("+"):
+            return "" if missing else arg
+        return value or ""
+
+    result = _VARIABLE.sub(one, text)
+    if errors:
+        raise ComposeError("; ".join(errors))
+    return result
+
+
+def _resolved(shell: dict[str, str]) -> dict[str, Any]:
+    """The compose file with every value interpolated from compose/.env and `shell`
+    (the shell wins, as in compose); ComposeError names every refused variable."""
+    env = {**_env_file(), **shell}
+    errors: list[str] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, str):
+            try:
+                return _interpolate(node, env)
+            except ComposeError as exc:
+                errors.append(str(exc))
+        return node
+
+    data = walk(yaml.safe_load(COMPOSE_FILE.read_text()))
+    if errors:
+        raise ComposeError("; ".join(sorted(set(errors))))
+    assert isinstance(data, dict)
+    return data

@@ -1,9 +1,12 @@
 """Driver (gateway) and Generation (worker) over an in-memory message store.
 
 `FakeStore` duck-types the `MessageStore` methods both use, with the semantics of the
-Lua scripts (append only by the lease holder and not after a cancel; finish by the
-holder, or with token "" only when nobody holds the lease). Its leases hand out real
-`Lease` objects, so renewing and releasing go through the production code.
+Lua scripts: append by the lease holder, or by a token whose lease lapsed with nobody
+taking it (it takes the lease back), only at the stored last_seq + 1 (else GAP), never
+after a cancel or the final record; finish by the holder or by a token whose lease
+lapsed, at the stored last_seq (else GAP), or with token "" only when nobody holds the
+lease. Its leases hand out real `Lease` objects, so renewing and releasing go through
+the production code.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.ai_worker.generation import Generation
+from services.ai_worker.generation import MAX_REPAIRS, Generation
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers.base import (
     ChatTurn,
@@ -29,6 +32,7 @@ from services.ai_worker.providers.base import (
     ProviderEvent,
     Token,
 )
+from services.common.clock import now_ms
 from services.common.generate import Outcome
 from services.common.lease import Lease
 from services.common.message_store import (
@@ -91,6 +95,8 @@ class FakeLeases:
         self.holders: dict[str, str] = {}
         self.acquired = 0
         self.renewals = 0
+        self.renewal_tries = 0
+        """Every renew call, whatever it found (`renewals` counts the ones that held)."""
         self.holder_checks = 0
         self._changes = changes
         self._tokens = itertools.count(1)
@@ -113,7 +119,11 @@ class FakeLeases:
         return self.holders.get(message_id)
 
     async def renew(self, message_id: str, token: str) -> bool:
-        ok = self.holders.get(message_id) == token
+        self.renewal_tries += 1
+        holder = self.holders.get(message_id)
+        if holder is None and token:  # like lease_renew.lua: a lapsed lease is taken back
+            self.holders[message_id] = holder = token
+        ok = holder == token
         if ok:
             self.renewals += 1
         await self._changes.notify()
@@ -123,6 +133,17 @@ class FakeLeases:
         if self.holders.get(message_id) == token:
             del self.holders[message_id]
         await self._changes.notify()
+
+
+@dataclass(frozen=True)
+class AppendCall:
+    """The keyword arguments of one `append_chunk` (building it checks them)."""
+
+    token: str
+    seq: int
+    delta: str
+    tokens: int
+    written_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +213,17 @@ class FakeStore:
         assert len(done) <= 1
         return done[0] if done else None
 
+    def lose_last(self, k: int, message_id: str = MID) -> list[ChunkEntry]:
+        """Redis comes back without the last `k` chunks (a restart, a failover to a
+        lagging replica): its meta says the last kept seq. Returns the lost chunks."""
+        chunks = self.chunks(message_id)
+        kept, lost = chunks[: len(chunks) - k], chunks[len(chunks) - k :]
+        self.streams[message_id] = list(kept)
+        self.metas[message_id] = dataclasses.replace(
+            self.metas[message_id], last_seq=kept[-1].seq if kept else 0
+        )
+        return lost
+
     # --- the MessageStore surface -----------------------------------------------------
 
     async def meta(self, message_id: str) -> MessageMeta | None:
@@ -221,23 +253,34 @@ class FakeStore:
     async def history(self, session_id: str, limit: int) -> list[HistoryItem]:
         return self.histories.get(session_id, [])[-limit:]
 
-    async def append_chunk(
-        self, message_id: str, session_id: str, *, token: str, seq: int, delta: str, tokens: int
-    ) -> AppendOutcome:
+    async def append_chunk(self, message_id: str, session_id: str, **kwargs: Any) -> AppendOutcome:
+        # AppendCall takes exactly the keyword arguments MessageStore.append_chunk does.
+        call = AppendCall(**kwargs)
+        token, seq = call.token, call.seq
         if self.before_append is not None:
             self.before_append(seq)
-        if self.generators.holders.get(message_id) != token:
+        holder = self.generators.holders.get(message_id)
+        meta = self.metas.get(message_id)
+        if holder is not None and holder != token:
             outcome = AppendOutcome.LOST
+        elif meta is None:
+            outcome = AppendOutcome.GONE
+        elif meta.status == MessageStatus.DONE:
+            outcome = AppendOutcome.LOST
+        elif seq != meta.last_seq + 1:
+            outcome = AppendOutcome.GAP
         elif message_id in self.cancelled:
             outcome = AppendOutcome.CANCELLED
         else:
-            self.streams[message_id].append(ChunkEntry(seq=seq, delta=delta, written_ms=0))
-            meta = self.metas[message_id]
+            if holder is None:  # the lease lapsed and nobody took it: take it back
+                self.generators.holders[message_id] = token
+            written_ms = now_ms() if call.written_ms is None else call.written_ms
+            self.streams[message_id].append(ChunkEntry(seq, call.delta, written_ms))
             self.metas[message_id] = dataclasses.replace(
                 meta,
                 status=MessageStatus.STREAMING,
                 last_seq=seq,
-                completion_tokens=meta.completion_tokens + tokens,
+                completion_tokens=meta.completion_tokens + call.tokens,
             )
             outcome = AppendOutcome.OK
         await self.changes.notify()
@@ -249,13 +292,17 @@ class FakeStore:
         if self.before_finish is not None:
             self.before_finish()
         holder = self.generators.holders.get(message_id)
-        meta = self.metas[message_id]
+        meta = self.metas.get(message_id)
         if call.token == "" and holder is not None:
             outcome = FinishOutcome.LEASED
-        elif call.token != "" and holder != call.token:
+        elif call.token != "" and holder not in (None, call.token):
             outcome = FinishOutcome.LOST
+        elif meta is None:
+            outcome = FinishOutcome.GONE
         elif meta.status == MessageStatus.DONE:
             outcome = FinishOutcome.ALREADY_DONE
+        elif call.token != "" and call.last_seq != meta.last_seq:
+            outcome = FinishOutcome.GAP
         else:
             self.streams[message_id].append(
                 DoneEntry(call.last_seq, call.reason, call.usage, call.error)
@@ -272,7 +319,7 @@ class FakeStore:
                 )
             )
             if call.token:
-                del self.generators.holders[message_id]
+                self.generators.holders.pop(message_id, None)
             outcome = FinishOutcome.OK
         self.finishes.append(dataclasses.replace(call, outcome=outcome))
         await self.changes.notify()
@@ -637,7 +684,8 @@ async def test_the_stall_watcher_adopts_a_followed_orphan(make_driver: MakeDrive
 
 class FakeProvider:
     """Yields the given tokens then a Finish; raises ProviderError (`fail_at`) or hangs
-    (`hang_at`) instead of the token at that index."""
+    (`hang_at`) instead of the token at that index, and waits for `gate` before the
+    token at `gate_at`."""
 
     def __init__(
         self,
@@ -645,11 +693,14 @@ class FakeProvider:
         *,
         fail_at: int | None = None,
         hang_at: int | None = None,
+        gate_at: int | None = None,
         reason: FinishReason = FinishReason.STOP,
     ) -> None:
         self.tokens = tokens
         self.fail_at = fail_at
         self.hang_at = hang_at
+        self.gate_at = gate_at
+        self.gate = asyncio.Event()
         self.finish = Finish(reason, prompt_tokens=7, completion_tokens=len(tokens))
         self.requests: list[GenerationRequest] = []
         self.closed = 0
@@ -662,6 +713,8 @@ class FakeProvider:
                     raise ProviderError("boom")
                 if i == self.hang_at:
                     await asyncio.Event().wait()
+                if i == self.gate_at:
+                    await self.gate.wait()
                 yield Token(text)
             yield self.finish
         finally:
@@ -813,13 +866,13 @@ async def test_lost_when_an_append_finds_the_lease_taken(store: FakeStore) -> No
     assert r.provider.closed == 1
 
 
-async def test_lost_when_the_lease_is_gone_at_the_finish(store: FakeStore) -> None:
+async def test_lost_when_another_worker_took_the_lease_at_the_finish(store: FakeStore) -> None:
     store.add()
 
-    def expire() -> None:  # the worker paused past its TTL just before finishing
-        store.generators.holders.pop(MID, None)
+    def steal() -> None:  # the worker paused past its TTL just before finishing
+        store.generators.holders[MID] = "worker-2:9"
 
-    store.before_finish = expire
+    store.before_finish = steal
     r = await run(store, FakeProvider(["a", "b"]))
     (finish,) = store.finishes
     assert finish.outcome == FinishOutcome.LOST
@@ -830,6 +883,48 @@ async def test_lost_when_the_lease_is_gone_at_the_finish(store: FakeStore) -> No
     assert r.generation.progress.outcome == Outcome.LOST
     assert r.generation.finished_with is None
     assert r.counter("answers_finished", finish_reason="stop") == 0
+    assert store.generators.holders[MID] == "worker-2:9"  # the new holder finishes
+
+
+async def test_a_lease_that_lapsed_with_nobody_taking_it_still_finishes(store: FakeStore) -> None:
+    store.add()
+
+    def lapse() -> None:  # paused past its TTL (or Redis lost the lease); nobody took it
+        store.generators.holders.pop(MID, None)
+
+    store.before_finish = lapse
+    r = await run(store, FakeProvider(["a", "b"]))
+    (finish,) = store.finishes
+    assert (finish.outcome, finish.last_seq, finish.text) == (FinishOutcome.OK, 2, "ab")
+    usage = Usage(prompt_tokens=7, completion_tokens=2)
+    assert store.done_entry() == DoneEntry(2, FinishReason.STOP, usage)
+    assert r.generation.progress.outcome == Outcome.DONE
+    assert r.generation.finished_with == (SID, FinishReason.STOP, usage)
+    assert MID not in store.generators.holders
+
+
+async def test_an_append_takes_back_a_lease_that_lapsed_with_nobody_taking_it(
+    store: FakeStore,
+) -> None:
+    store.add()
+    holders: list[str | None] = []
+
+    def lapse_at_2(seq: int) -> None:
+        if seq == 2:
+            holders.append(store.generators.holders.pop(MID, None))
+
+    store.before_append = lapse_at_2
+    r = make_generation(store, FakeProvider(["a", "b", "c"]))
+    taken_back: list[str | None] = []
+    store.before_finish = lambda: taken_back.append(store.generators.holders.get(MID))
+    await asyncio.wait_for(r.generation.run(), DEADLINE)
+    assert seqs_and_deltas(store) == [(1, "a"), (2, "b"), (3, "c")]
+    (token,) = holders
+    assert token is not None and token.startswith(f"{WORKER}:")
+    assert taken_back == [token]  # held again by the same token up to the finish
+    (finish,) = store.finishes
+    assert (finish.outcome, finish.token) == (FinishOutcome.OK, token)
+    assert r.generation.progress.outcome == Outcome.DONE
 
 
 async def test_cancelled_before_it_starts_finishes_without_the_model(store: FakeStore) -> None:
@@ -917,19 +1012,160 @@ async def test_a_cached_final_record_is_done_without_the_model(store: FakeStore)
 async def test_the_generator_lease_is_renewed_while_generating(store: FakeStore) -> None:
     store.add()
     store.generators.ttl_ms = 30  # renewed every 10 ms
-    gate = asyncio.Event()
-
-    class GatedProvider(FakeProvider):
-        async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
-            yield Token("a")
-            await gate.wait()
-            yield Token("b")
-            yield self.finish
-
-    r = make_generation(store, GatedProvider(["a", "b"]))
+    r = make_generation(store, FakeProvider(["a", "b"], gate_at=1))
     task = asyncio.create_task(r.generation.run())
     await store.changes.wait_until(lambda: store.generators.renewals >= 2, "two renewals")
-    gate.set()
+    r.provider.gate.set()
     await asyncio.wait_for(task, DEADLINE)
     assert r.generation.progress.outcome == Outcome.DONE
     assert seqs_and_deltas(store) == [(1, "a"), (2, "b")]
+
+
+# --- Redis losing chunks: written again from memory, or the answer ends as state_lost ---
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk the worker writes gets a write time of its own (1000, 2000, ...), so a
+    chunk written again with a new time would not pass for the original."""
+    monkeypatch.setattr(
+        "services.ai_worker.generation.now_ms", itertools.count(1_000, 1_000).__next__
+    )
+
+
+def lose_before_append(store: FakeStore, at_seq: int, k: int) -> list[ChunkEntry]:
+    """Once, just before chunk `at_seq` is appended, Redis loses the last `k` chunks;
+    returns them (filled in when it happens)."""
+    lost: list[ChunkEntry] = []
+
+    def hook(seq: int) -> None:
+        if seq == at_seq and not lost:
+            lost.extend(store.lose_last(k))
+
+    store.before_append = hook
+    return lost
+
+
+@pytest.mark.usefixtures("clock")
+@pytest.mark.parametrize("k", [1, 2, 4], ids=["one", "two", "all"])
+async def test_chunks_redis_lost_mid_answer_are_written_again_identically(
+    store: FakeStore, k: int
+) -> None:
+    store.add()
+    tokens = ["a", "b", "c", "d", "e", "f"]
+    lost = lose_before_append(store, 5, k)
+    r = await run(store, FakeProvider(tokens))
+
+    assert [c.seq for c in lost] == list(range(5 - k, 5))
+    chunks = store.chunks()
+    assert [c.seq for c in chunks] == [1, 2, 3, 4, 5, 6]  # each exactly once, in order
+    assert chunks[4 - k : 4] == lost  # the same delta and written_ms as before
+    assert [c.written_ms for c in chunks] == [1_000, 2_000, 3_000, 4_000, 5_000, 6_000]
+    (finish,) = store.finishes
+    assert (finish.outcome, finish.text, finish.last_seq) == (FinishOutcome.OK, "abcdef", 6)
+    assert store.done_entry() == DoneEntry(
+        6, FinishReason.STOP, Usage(prompt_tokens=7, completion_tokens=6)
+    )
+    assert (r.generation.progress.outcome, r.generation.progress.last_seq) == (Outcome.DONE, 6)
+    assert r.counter("chunks_rewritten") == k
+    assert r.counter("chunks_written") == 6
+
+
+async def test_a_loss_back_before_this_generations_first_seq_ends_with_state_lost(
+    store: FakeStore,
+) -> None:
+    # A takeover: chunks 1..3 came from a previous worker, this one wrote 4 and 5 when
+    # Redis comes back with chunk 1 only. Chunks 2 and 3 are nobody's to write again.
+    store.add(deltas=("a", "b", "c"), completion_tokens=3)
+    lose_before_append(store, 6, 4)
+    r = await run(store, FakeProvider(["d", "e", "f"]))
+
+    assert seqs_and_deltas(store) == [(1, "a")]  # nothing written again, nothing twice
+    state_lost = DoneEntry(1, FinishReason.ERROR, Usage(completion_tokens=3), ErrorCode.STATE_LOST)
+    assert store.done_entry() == state_lost
+    (finish,) = store.finishes
+    assert finish.token.startswith(f"{WORKER}:")
+    assert (finish.outcome, finish.text, finish.last_seq) == (FinishOutcome.OK, "a", 1)
+    assert (finish.reason, finish.error) == (FinishReason.ERROR, ErrorCode.STATE_LOST)
+    assert store.metas[MID].status == MessageStatus.DONE
+    assert MID not in store.generators.holders
+    assert (r.generation.progress.outcome, r.generation.progress.last_seq) == (Outcome.DONE, 1)
+    assert r.counter("chunks_rewritten") == 0
+    assert r.provider.closed == 1
+
+
+@pytest.mark.usefixtures("clock")
+async def test_chunks_lost_right_before_the_finish_are_written_again_first(
+    store: FakeStore,
+) -> None:
+    store.add()
+    written: list[ChunkEntry] = []
+
+    def lose_once() -> None:
+        if not written:
+            written.extend(store.chunks())
+            store.lose_last(2)
+
+    store.before_finish = lose_once
+    r = await run(store, FakeProvider(["a", "b", "c", "d"]))
+
+    assert [c.seq for c in written] == [1, 2, 3, 4]
+    assert store.chunks() == written  # 3 and 4 again, identically, once each
+    assert [f.outcome for f in store.finishes] == [FinishOutcome.GAP, FinishOutcome.OK]
+    assert all((f.last_seq, f.text) == (4, "abcd") for f in store.finishes)
+    assert store.done_entry() == DoneEntry(
+        4, FinishReason.STOP, Usage(prompt_tokens=7, completion_tokens=4)
+    )
+    assert r.generation.progress.outcome == Outcome.DONE
+    assert r.generation.finished_with == (
+        SID,
+        FinishReason.STOP,
+        Usage(prompt_tokens=7, completion_tokens=4),
+    )
+    assert r.counter("chunks_rewritten") == 2
+    assert r.counter("answers_finished", finish_reason="stop") == 1
+
+
+async def test_redis_that_keeps_losing_chunks_ends_the_answer_instead_of_looping(
+    store: FakeStore,
+) -> None:
+    store.add()
+
+    def lose_2_before_3(seq: int) -> None:  # every time chunk 3 is tried
+        if seq == 3:
+            store.lose_last(1)
+
+    store.before_append = lose_2_before_3
+    r = await run(store, FakeProvider(["a", "b", "c", "d"]))
+
+    # Chunk 2 is written again before each of the bounded tries of chunk 3.
+    assert r.counter("chunks_rewritten") == MAX_REPAIRS + 1
+    assert seqs_and_deltas(store) == [(1, "a"), (2, "b")]
+    (finish,) = store.finishes
+    assert (finish.last_seq, finish.text, finish.error) == (2, "ab", ErrorCode.STATE_LOST)
+    assert r.generation.progress.outcome == Outcome.DONE
+
+
+async def test_a_lease_an_append_took_back_is_renewed_again(store: FakeStore) -> None:
+    store.add()
+    store.generators.ttl_ms = 30  # renewed every 10 ms
+    # After "b" the model pauses for long: the lease must be kept meanwhile.
+    r = make_generation(store, FakeProvider(["a", "b", "c"], gate_at=1, hang_at=2))
+    task = asyncio.create_task(r.generation.run())
+    try:
+        await store.changes.wait_until(lambda: len(store.chunks()) == 1, "the first chunk")
+        token = store.generators.holders.pop(MID)  # Redis lost the lease; nobody took it
+        tries = store.generators.renewal_tries
+        await store.changes.wait_until(
+            lambda: store.generators.renewal_tries > tries, "a renewal to find the lease gone"
+        )
+        r.provider.gate.set()
+        await store.changes.wait_until(lambda: len(store.chunks()) == 2, "the second chunk")
+        assert store.generators.holders[MID] == token  # held again by this worker
+        renewals = store.generators.renewals
+        # Or another worker may take it while the model pauses.
+        await store.changes.wait_until(
+            lambda: store.generators.renewals >= renewals + 2, "renewals after the take-back"
+        )
+    finally:
+        await cancel_and_wait(task)

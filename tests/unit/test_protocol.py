@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
 
 from services.common.protocol import (
+    MAX_FRAME_DEPTH,
+    MAX_SEQ,
     PROTOCOL_VERSION,
     AckFrame,
     CancelFrame,
@@ -30,6 +33,7 @@ from services.common.protocol import (
     WelcomeFrame,
     encode,
     parse_client_frame,
+    valid_session_id,
 )
 
 pytestmark = pytest.mark.unit
@@ -204,6 +208,120 @@ def test_huge_integer_literal_is_a_frame_error() -> None:
     assert len(raw) < 65536
     with pytest.raises(FrameError):
         parse_client_frame(raw)
+
+
+def nested(depth: int) -> str:
+    """A ping whose frame nests `depth` levels deep (the frame object is level 1)."""
+    return '{"type": "ping", "ts": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize("depth", [MAX_FRAME_DEPTH + 1, 256, 300, 900])
+def test_a_ping_nested_too_deep_is_a_frame_error(depth: int) -> None:
+    """Issue 7: `ts` nested 256+ deep parsed fine, then its pong could not be encoded
+    (pydantic's serialiser stops at depth 255): `internal` and a traceback."""
+    with pytest.raises(FrameError, match="nested more than"):
+        parse_client_frame(nested(depth))
+
+
+def test_a_ping_nested_to_the_limit_is_echoed() -> None:
+    frame = parse_client_frame(nested(MAX_FRAME_DEPTH))
+    assert isinstance(frame, PingFrame)
+    assert json.loads(encode(PongFrame(ts=frame.ts)))["ts"] == frame.ts
+
+
+def test_depth_counts_objects_and_unknown_fields_too() -> None:
+    deep_object: Any = 1
+    for _ in range(MAX_FRAME_DEPTH):
+        deep_object = {"a": deep_object}
+    with pytest.raises(FrameError, match="nested"):
+        parse({"type": "ping", "ts": deep_object})
+    with pytest.raises(FrameError, match="nested"):
+        parse({"type": "chat", "text": "hi", "future": deep_object})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        r'{"type": "ping", "ts": "\ud800"}',
+        r'{"type": "ping", "ts": "a\udfffb"}',
+        r'{"type": "ping", "ts": {"\udc00": 1}}',
+        r'{"type": "ping", "ts": [["\ud83d"]]}',
+        r'{"type": "chat", "text": "hi \ud800"}',
+        r'{"type": "chat", "text": "hi", "client_msg_id": "\udc00"}',
+        r'{"type": "resume", "message_id": "m\ud800"}',
+        r'{"type": "cancel", "message_id": "\ud800"}',
+        r'{"type": "\ud800"}',
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_a_frame_error(raw: str) -> None:
+    """Issue 7: a lone surrogate parsed fine, then could be neither encoded for the pong
+    nor stored in Redis: `internal` and a traceback."""
+    with pytest.raises(FrameError, match="lone surrogate"):
+        parse_client_frame(raw)
+
+
+def test_a_surrogate_pair_is_one_character_and_fine() -> None:
+    frame = parse_client_frame(r'{"type": "ping", "ts": "\ud83d\ude00 é"}')
+    assert isinstance(frame, PingFrame)
+    assert frame.ts == "😀 é"
+    assert json.loads(encode(PongFrame(ts=frame.ts)))["ts"] == "😀 é"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(literal: str) -> None:
+    with pytest.raises(FrameError, match="invalid JSON"):
+        parse_client_frame('{"type": "ping", "ts": ' + literal + "}")
+
+
+def test_after_seq_is_bounded_to_a_stream_id() -> None:
+    frame = parse({"type": "resume", "message_id": "m", "after_seq": MAX_SEQ})
+    assert isinstance(frame, ResumeFrame)
+    with pytest.raises(FrameError, match="after_seq"):
+        parse({"type": "resume", "message_id": "m", "after_seq": 2**64})
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_whatever_parses_can_be_echoed_and_stored(seed: int) -> None:
+    """Random pings (deep, odd strings): each is refused with FrameError or its pong
+    encodes, as UTF-8 too (what Redis and the socket need)."""
+    rng = random.Random(seed)
+    alphabet = ["a", "é", "😀", r"\ud800", r"\udc00", r"\ud83d\ude00", r"\"", r"\n"]
+
+    def value(depth: int) -> str:
+        roll = rng.random()
+        if depth > 40 or roll < 0.3:
+            return '"' + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) + '"'
+        if roll < 0.4:
+            return str(rng.randint(-(10**6), 10**6))
+        if roll < 0.7:
+            return "[" + ", ".join(value(depth + 1) for _ in range(rng.randint(1, 2))) + "]"
+        return "{" + f'"k{rng.randint(0, 9)}": ' + value(depth + 1) + "}"
+
+    for _ in range(50):
+        raw = '{"type": "ping", "ts": ' + value(2) + "}"
+        try:
+            frame = parse_client_frame(raw)
+        except FrameError:
+            continue
+        assert isinstance(frame, PingFrame)
+        encode(PongFrame(ts=frame.ts)).encode("utf-8")
+
+
+# --- session ids ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session_id", ["a", "s-1_B", "x" * 64])
+def test_valid_session_ids(session_id: str) -> None:
+    assert valid_session_id(session_id)
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["", "x" * 65, "abc\n", "abc\n\n", "\nabc", "a b", "a:b", "a/b", "é", "abc\r", "ab\x00"],
+)
+def test_invalid_session_ids(session_id: str) -> None:
+    """Issue 7: `re.match` with a `$` pattern let a trailing newline through."""
+    assert not valid_session_id(session_id)
 
 
 # --- encode() of server frames -------------------------------------------------------

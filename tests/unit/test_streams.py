@@ -149,8 +149,8 @@ def build_all(keys: Keys, arg: str = "x1") -> dict[str, str]:
 def test_builders_are_discovered() -> None:
     names = {name for name, _ in builders()}
     # A sample that must be there; guards against the discovery silently finding nothing.
-    assert {"sessions_active", "session", "message_stream", "client_msg", "node_wake"} <= names
-    assert len(names) >= 15
+    assert {"user_sessions", "session", "message_stream", "client_msg", "node_wake"} <= names
+    assert len(names) >= 14
 
 
 @pytest.mark.parametrize("prefix", ["", "t-abc123:", "deploy/"])
@@ -169,8 +169,14 @@ def test_no_two_builders_collide() -> None:
 
 
 def test_builders_embed_their_argument() -> None:
+    takes_none = {name for name, fn in builders() if len(inspect.signature(fn).parameters) == 1}
+    assert takes_none == {
+        "session_invalidate_channel",
+        "events_outbox",
+        "events_outbox_dropped",
+    }
     for name, key in build_all(Keys(), "ARG42").items():
-        if name != "sessions_active" and name != "session_invalidate_channel":
+        if name not in takes_none:
             assert "ARG42" in key, name
 
 
@@ -187,7 +193,12 @@ def test_different_prefixes_isolate_every_key() -> None:
 
 
 def test_seed_registry_names_are_kept() -> None:
-    """The seed deployment's registry names must not change (other readers use them)."""
+    """The seed deployment's registry name must not change (other readers may use it)."""
     keys = Keys()
-    assert keys.sessions_active() == "sessions:active"
     assert keys.user_sessions("u1") == "sessions:user:u1"
+
+
+def test_no_global_session_registry() -> None:
+    """The seed's `sessions:active` hash grew by one field per session, forever, and
+    nothing read it: gone (issue 7)."""
+    assert not hasattr(Keys, "sessions_active")

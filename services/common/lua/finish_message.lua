@@ -1,28 +1,56 @@
 -- Write an answer's final record (entry id done_entry_id), its history item, and
 -- free the session for the next chat. token '' finishes only a message nobody leases.
+-- The history item is written only while the message's author still owns the session,
+-- and the session's record, history and message list get the same TTL with it, so the
+-- owner record never expires before its data.
+-- A token whose lease lapsed with nobody taking it may still finish (Redis may have lost
+-- the lease, or the worker paused); its last_seq must then follow the stored one.
 -- Returns 'ok', 'lost' (another token holds the lease), 'leased' (token '' and
--- somebody holds it), 'done' (already finished; nothing written) or 'gone' (the message
--- record expired; nothing written).
+-- somebody holds it), 'done' (already finished; nothing written), 'gone' (the message
+-- record expired; nothing written) or 'gap' (token given and the stored last_seq is not
+-- last_seq: Redis lost chunks the worker must write again first).
+-- 'ok' adds the `message.completed` event (event_json) to the outbox in this same step
+-- (none when outbox_max is 0; counted in outbox_dropped when it is full); no other
+-- outcome adds one.
 local lease, stream, meta, session_active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local history = KEYS[5]
+local history, session, session_messages, outbox = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local outbox_dropped = KEYS[9]
 local token, message_id, stream_ttl_s, history_item_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, last_seq, finish_reason, done_entry_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local done_fields = {unpack(ARGV, 9)}
+local now_iso, session_ttl_s, outbox_max, event_json = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local done_fields = {unpack(ARGV, 13)}
 
 local holder = redis.call('GET', lease)
 if token == '' then
   if holder then return 'leased' end
-elseif holder ~= token then
+elseif holder and holder ~= token then
   return 'lost'
 end
 local status = redis.call('HGET', meta, 'status')
 if not status then return 'gone' end
 if status == 'done' then return 'done' end
+if token ~= '' and tonumber(redis.call('HGET', meta, 'last_seq') or '0') ~= tonumber(last_seq) then
+  return 'gap'
+end
 redis.call('XADD', stream, done_entry_id, unpack(done_fields))
 redis.call('EXPIRE', stream, stream_ttl_s)
 redis.call('HSET', meta, 'status', 'done', 'last_seq', last_seq, 'finish_reason', finish_reason)
 if redis.call('GET', session_active) == message_id then redis.call('DEL', session_active) end
-redis.call('RPUSH', history, history_item_json)
-redis.call('LTRIM', history, -tonumber(history_max), -1)
+local author = redis.call('HGET', meta, 'user_id')
+if author and redis.call('HGET', session, 'owner') == author then
+  redis.call('RPUSH', history, history_item_json)
+  redis.call('LTRIM', history, -tonumber(history_max), -1)
+  redis.call('HSET', session, 'last_seen', now_iso)
+  for _, key in ipairs({session, history, session_messages}) do
+    redis.call('EXPIRE', key, session_ttl_s)
+  end
+end
 if token ~= '' then redis.call('DEL', lease) end
+if tonumber(outbox_max) > 0 then
+  if redis.call('XLEN', outbox) < tonumber(outbox_max) then
+    redis.call('XADD', outbox, '*', 'event', event_json)
+  else
+    redis.call('INCR', outbox_dropped)
+  end
+end
 return 'ok'
