@@ -68,6 +68,16 @@ class Keys:
     # --- sessions (user_sessions is the seed deployment's registry name) -------------
     # The seed's global `sessions:active` hash (one field per session ever, read by
     # nothing) is gone: the owner is in each session's own record.
+    def user_chats(self, user_id: str) -> str:
+        """String: chats the user started in the current one-minute window (across all
+        connections and nodes); expires with the window."""
+        return f"{self.prefix}user:{user_id}:chats"
+
+    def user_answers(self, user_id: str) -> str:
+        """Sorted set: the user's answers in progress, scored by when they stop counting
+        (removed when they finish); expires with its last member."""
+        return f"{self.prefix}user:{user_id}:answers"
+
     def user_sessions(self, user_id: str) -> str:
         """Set: the session ids of a user. SESSION_TTL, refreshed whenever one of them is
         opened or gets a chat (it may list sessions that expired since)."""

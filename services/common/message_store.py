@@ -62,14 +62,32 @@ class SessionTaken(Exception):
     The connection should be closed as forbidden (4403)."""
 
 
+class UserLimited(Exception):
+    """A per-user limit refused the chat (nothing written); retry after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    """Per user, across connections and nodes."""
+
+    chats_per_minute: int = 60
+    max_answers: int = 4
+    answer_horizon_ms: int = 600_000
+    """An answer that never finished stops counting after this long."""
+
+
 class AppendOutcome(StrEnum):
     OK = "ok"
     LOST = "lost"
     CANCELLED = "cancelled"
     GONE = "gone"
+    """The message record expired; nothing was written."""
     GAP = "gap"
     """The stored last_seq is not seq - 1 (Redis lost chunks): write the missing ones."""
-    """The message record expired; nothing was written."""
 
 
 class FinishOutcome(StrEnum):
@@ -130,12 +148,14 @@ class MessageStore:
         session_ttl: int = DEFAULT_SESSION_TTL_S,
         node_id: str = "",
         outbox_max: int = 0,
+        limits: UserLimits = UserLimits(),
     ) -> None:
         """`node_id` goes into the events; `outbox_max` bounds the event outbox (0: the
         scripts write no events)."""
         self._r = redis
         self._k = keys
         self._events = OutboxWriter(keys, node_id, outbox_max)
+        self._limits = limits
         self._stream_ttl = stream_ttl
         self._meta_ttl = meta_ttl
         self._session_ttl = session_ttl
@@ -161,6 +181,10 @@ class MessageStore:
             session_ttl=settings.session_ttl,
             node_id=settings.node_id,
             outbox_max=outbox_max(settings),
+            limits=UserLimits(
+                chats_per_minute=settings.user_chats_per_minute,
+                max_answers=settings.max_active_answers_per_user,
+            ),
         )
 
     # --- gateway side ----------------------------------------------------------------
@@ -199,6 +223,8 @@ class MessageStore:
                 "session": k.session(session_id),
                 "user_sessions": k.user_sessions(user_id),
                 **self._events.script_keys(),
+                "user_chats": k.user_chats(user_id),
+                "user_answers": k.user_answers(user_id),
             },
             args={
                 "message_id": mid,
@@ -212,6 +238,10 @@ class MessageStore:
                 "user_id": user_id,
                 "session_id": session_id,
                 "session_ttl_s": self._session_ttl,
+                "chats_per_minute": self._limits.chats_per_minute,
+                "max_answers": self._limits.max_answers,
+                "now_ms": now_ms(),
+                "answer_horizon_ms": self._limits.answer_horizon_ms,
                 **self._events.script_args(
                     lambda node_id: ChatEvent(
                         type=EventType.MESSAGE_ACCEPTED,
@@ -228,6 +258,8 @@ class MessageStore:
         )
         if result[0] == _FORBIDDEN:
             raise SessionTaken(session_id)
+        if result[0] in _LIMITED:
+            raise UserLimited(_LIMITED[result[0]], int(result[1]) / 1000)
         return AcceptOutcome(result[0]), str(result[1])
 
     @storage_op
@@ -332,6 +364,7 @@ class MessageStore:
         k = self._k
         fields: Fields = done_fields(last_seq, reason, usage, error)
         finished_at = now_iso()
+        author = await self._author(message_id)
         result = await self._finish(
             keys={
                 "lease": k.message_lease(message_id),
@@ -342,6 +375,7 @@ class MessageStore:
                 "session": k.session(session_id),
                 "session_messages": k.session_messages(session_id),
                 **self._events.script_keys(),
+                "user_answers": k.user_answers(author),
             },
             args={
                 "token": token,
@@ -368,6 +402,11 @@ class MessageStore:
             rest=_pairs(fields),
         )
         return FinishOutcome(result)
+
+    @storage_op
+    async def _author(self, message_id: str) -> str:
+        """The user who asked for the message ('' if its record is gone)."""
+        return str(await self._r.hget(self._k.message_meta(message_id), "user_id") or "")
 
     # --- worker side -------------------------------------------------------------------
 
@@ -411,6 +450,12 @@ class MessageStore:
         )
         return AppendOutcome(result)
 
+
+_LIMITED = {
+    "rate_limited": "too many chats for this user; slow down",
+    "too_many": "too many answers in progress for this user",
+}
+"""accept_chat.lua's refusals for per-user limits, with what the client is told."""
 
 _FORBIDDEN = "forbidden"
 """accept_chat.lua's answer when another user owns the session."""

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 8_000
     chat_rate_per_minute: int = 30
     """Chats one connection may start per minute (token bucket)."""
+    user_chats_per_minute: int = Field(default=60, gt=0)
+    """Chats one user may start per minute, across all connections and nodes."""
+    max_active_answers_per_user: int = Field(default=4, gt=0)
+    """Answers one user may have in progress at once, across all sessions and nodes."""
 
     # --- sessions and history -----------------------------------------------------
     cache_l1_max_size: int = 10_000

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from services.common.clock import now_ms
 from services.common.errors import StorageError
-from services.common.message_store import AcceptOutcome, SessionTaken
+from services.common.message_store import AcceptOutcome, SessionTaken, UserLimited
 from services.common.protocol import (
     AckFrame,
     CancelFrame,
@@ -220,6 +220,13 @@ class Connection:
             outcome, message_id = await ctx.store.accept_chat(
                 self.session_id, self.user_id, frame.text, frame.client_msg_id
             )
+        except UserLimited as exc:
+            raise ClientError(
+                ErrorCode.RATE_LIMITED,
+                str(exc),
+                client_msg_id=frame.client_msg_id,
+                retry_after=round(exc.retry_after, 2),
+            ) from exc
         except SessionTaken:
             # The session expired while this socket idled and another user took the id.
             log.info("session taken by another user; closing with 4403")

@@ -721,7 +721,7 @@ async def test_every_kind_of_call_raises_storage_error_when_redis_is_unreachable
             await store.session_streams(SESSION)  # a pipeline
         with pytest.raises(StorageError, match="accept_chat"):
             await store.accept_chat(SESSION, "u1", "hello", "c1")  # a script
-        with pytest.raises(StorageError, match="finish_message"):
+        with pytest.raises(StorageError, match="_author|finish_message"):
             await finish(store, "m1", "")
         with pytest.raises(StorageError, match="acquire"):
             await store.generators.acquire("m1", "w1")

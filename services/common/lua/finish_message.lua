@@ -11,10 +11,11 @@
 -- last_seq: Redis lost chunks the worker must write again first).
 -- 'ok' adds the `message.completed` event (event_json) to the outbox in this same step
 -- (none when outbox_max is 0; counted in outbox_dropped when it is full); no other
--- outcome adds one.
+-- outcome adds one. The answer stops counting against its author's answers in progress
+-- (user_answers, built by the caller from the message's user_id).
 local lease, stream, meta, session_active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local history, session, session_messages, outbox = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local outbox_dropped = KEYS[9]
+local outbox_dropped, user_answers = KEYS[9], KEYS[10]
 local token, message_id, stream_ttl_s, history_item_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, last_seq, finish_reason, done_entry_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now_iso, session_ttl_s, outbox_max, event_json = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -36,6 +37,7 @@ redis.call('XADD', stream, done_entry_id, unpack(done_fields))
 redis.call('EXPIRE', stream, stream_ttl_s)
 redis.call('HSET', meta, 'status', 'done', 'last_seq', last_seq, 'finish_reason', finish_reason)
 if redis.call('GET', session_active) == message_id then redis.call('DEL', session_active) end
+redis.call('ZREM', user_answers, message_id)
 local author = redis.call('HGET', meta, 'user_id')
 if author and redis.call('HGET', session, 'owner') == author then
   redis.call('RPUSH', history, history_item_json)
