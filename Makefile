@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP  := $(VENV)/.installed
 
-.PHONY: deploy stop status logs test lint bench clean venv
+.PHONY: deploy stop status logs rolling-restart scale test lint bench clean venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,14 @@ status: $(STAMP)
 
 logs: $(STAMP)
 	$(PY) -m deploy logs
+
+# Both change the running cluster without failing a client (README.md, "Scaling").
+rolling-restart: $(STAMP)
+	$(PY) -m deploy rolling-restart
+
+# make scale GATEWAYS=N WORKERS=M (either may be left out: it stays as it is).
+scale: $(STAMP)
+	$(PY) -m deploy scale $(if $(GATEWAYS),--gateways $(GATEWAYS)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: $(STAMP)
 	node --test frontend/

@@ -5,19 +5,24 @@ The one implementation behind `make deploy/stop/status/logs` and the test fixtur
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+import xmlrpc.client
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.prereqs import ensure_binaries
 from deploy.probes import ProbeResult, http_get, port_open, probe
-from deploy.spec import ClusterSpec, Process
+from deploy.rollout import ReloadError, changed_programs, reload_nginx, restart_plan, union_spec
+from deploy.spec import CHECKOUT, ClusterSpec, Process, write_private
 from deploy.supervisor import Binaries, Supervisor, build_processes, pid_alive, render_conf
-from nginx.render import local_layout, write_local
+from deploy.tokens import SecretError, resolve_secret
+from nginx.render import local_layout, nginx_command, write_local
 
 __all__ = ["Cluster", "ClusterSpec", "DeployError", "StopReport"]
 
@@ -25,6 +30,10 @@ _POLL = 0.2
 # A program that exits while starting is retried (BACKOFF) a few times, which
 # rides out start-up races; FATAL means supervisor gave up on it.
 _BAD_STATES = {"FATAL", "STOPPED"}
+_STOPPED_STATES = {"STOPPED", "EXITED", "FATAL"}
+LOG_MODE = 0o640
+# How to run this Python from the checkout, for the hints `up` prints.
+_PYTHON = ".venv/bin/python" if (CHECKOUT / ".venv" / "bin" / "python").exists() else "python3"
 
 
 class DeployError(RuntimeError):
@@ -71,6 +80,8 @@ class Cluster:
         self.supervisor = Supervisor(spec.run_dir)
         self._out = out or (lambda line: print(line, flush=True))
         self._procs: list[Process] | None = None
+        self.secret_source: str | None = None
+        """Where `up` found the JWT secret (a file, the environment ...)."""
 
     # --- introspection -----------------------------------------------------------
 
@@ -126,16 +137,28 @@ class Cluster:
             )
             self._out("`make status` shows it, `make stop` stops it.")
             return False
-        busy = {name: port for name, port in spec.all_ports().items() if port_open(port)}
+        busy = self._busy_ports()
         if busy:
             raise DeployError(
                 "ports already in use by another process: "
                 + ", ".join(f"{name} :{port}" for name, port in busy.items())
                 + " (stop it, or choose other ports: REDIS_PORT, PUBLIC_PORT, ...)"
             )
+        if spec.dev_mode and not spec.public_is_loopback:
+            raise DeployError(
+                f"AUTH_DEV_MODE=true with PUBLIC_BIND={spec.public_bind}: anyone who can "
+                "reach nginx could be any user with `dev-token`; set AUTH_DEV_MODE=false "
+                "or keep PUBLIC_BIND on loopback"
+            )
+        try:
+            secret, self.secret_source = resolve_secret(
+                spec.run_dir, explicit=spec.extra_env.get("JWT_SECRET"), create=True
+            )
+        except SecretError as exc:
+            raise DeployError(str(exc)) from exc
         bins = ensure_binaries()
-        self._procs = None
-        procs = self.processes(bins)
+        self._procs = build_processes(spec, bins, secret)
+        procs = self._procs
         self._render(procs)
         self._out(f"starting {len(procs)} processes under supervisord (run dir {spec.run_dir})")
         started = subprocess.run(self.supervisor.daemon(), capture_output=True, text=True)
@@ -159,8 +182,25 @@ class Cluster:
         for old in (spec.run_dir / "logs" / "previous").iterdir():
             old.unlink()
         for log in (spec.run_dir / "logs").glob("*.log*"):
+            log.chmod(LOG_MODE)  # written by an older deploy, perhaps 0644
             log.replace(spec.run_dir / "logs" / "previous" / log.name)
-        write_local(
+        self._create_logs([*(p.name for p in procs), "supervisord", "nginx-access", "nginx-error"])
+        self._render_nginx()
+        # It holds every node's environment, JWT_SECRET included: owner only.
+        write_private(self.supervisor.paths["conf"], render_conf(spec, procs))
+        spec.save()
+
+    def _create_logs(self, names: Iterable[str]) -> None:
+        # New logs are created 0640 by supervisord's umask (LOG_UMASK) and nginx's
+        # files through it; create them here too, so that no start order matters.
+        for name in names:
+            path = self.spec.run_dir / "logs" / f"{name}.log"
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, LOG_MODE))
+
+    def _render_nginx(self, down: Collection[str] = ()) -> Path:
+        """Write nginx.conf for the spec, with the nodes in `down` out of rotation."""
+        spec = self.spec
+        return write_local(
             local_layout(
                 spec.run_dir,
                 gateway_ports=spec.gateway_ports,
@@ -171,10 +211,10 @@ class Cluster:
                 frontend_port=spec.frontend_port,
                 sticky=spec.sticky,
                 user=_nginx_user(),
+                public_bind=spec.public_bind,
+                down=down,
             )
         )
-        self.supervisor.paths["conf"].write_text(render_conf(spec, procs))
-        spec.save()
 
     def _wait_healthy(self, procs: list[Process]) -> None:
         if not _wait_until(self.supervisor.is_running, 10.0):
@@ -226,17 +266,36 @@ class Cluster:
 
     def urls(self) -> list[str]:
         s = self.spec
-        return [
+        host = "localhost" if s.public_is_loopback else s.public_host
+        if ":" in host:
+            host = f"[{host}]"
+        chat = f"ws://{host}:{s.public_port}/ws/chat?session_id=test"
+        lines = [
             "cluster is up:",
-            f"  chat (WebSocket)  ws://localhost:{s.public_port}/ws/chat"
-            "?session_id=test&user_id=test&token=dev-token",
-            f"  health (sticky)   http://localhost:{s.public_port}/health",
-            f"  frontend          http://localhost:{s.frontend_port}/",
-            f"  status page       http://localhost:{s.status_port}/",
-            f"  nginx-status      http://localhost:{s.status_port}/nginx-status",
+            f"  chat (WebSocket)  {chat}&user_id=test&token=dev-token"
+            if s.dev_mode
+            else f"  chat (WebSocket)  {chat}  (token in the bearer subprotocol)",
+            f"  health (sticky)   http://{host}:{s.public_port}/health",
+            f"  frontend          http://{host}:{s.frontend_port}/",
+            f"  status page       http://{host}:{s.status_port}/",
+            f"  nginx-status      http://{host}:{s.status_port}/nginx-status",
             f"  AI upstream       http://127.0.0.1:{s.internal_port}/ (loopback only)",
             f"  logs              {s.run_dir / 'logs'}",
         ]
+        if s.public_is_loopback:
+            lines.append(
+                f"listening on {s.public_bind} only (PUBLIC_BIND=0.0.0.0 make deploy: every "
+                "interface, and dev-token off)"
+            )
+        else:
+            lines.append(f"listening on {s.public_bind}; dev-token is off")
+        lines += [
+            f"JWT secret: {self.secret_source or 'JWT_SECRET'}; "
+            "a token for user USER, valid an hour (--ttl S to change):",
+            f"  TOKEN=$({_PYTHON} -m deploy token USER)",
+            f'  wscat -c "{chat}" -s bearer -s "$TOKEN"',
+        ]
+        return lines
 
     # --- stop ------------------------------------------------------------------------
 
@@ -269,14 +328,18 @@ class Cluster:
         report.leftover_pids = [pid for pid in pids if pid_alive(pid)]
         if daemon is not None:
             # Listening sockets close with their processes; give the kernel a moment.
-            _wait_until(lambda: not any(port_open(p) for p in self.spec.all_ports().values()), 5.0)
-            report.busy_ports = {n: p for n, p in self.spec.all_ports().items() if port_open(p)}
+            _wait_until(lambda: not self._busy_ports(), 5.0)
+            report.busy_ports = self._busy_ports()
         if report.clean:
             if daemon is not None:
                 self._out("stopped; no process left, every port free.")
         else:
             self._out(f"NOT clean: pids {report.leftover_pids} ports {report.busy_ports}")
         return report
+
+    def _busy_ports(self) -> dict[str, int]:
+        spec = self.spec
+        return {n: p for n, p in spec.all_ports().items() if port_open(p, spec.port_host(n))}
 
     def _stop_in_phases(self, timeout: float) -> None:
         """nginx first (no new traffic), then all app nodes at once (each drains in
@@ -298,6 +361,222 @@ class Cluster:
 
             _wait_until(stopped, timeout)
 
+    # --- planned changes: rolling restart and scaling ---------------------------------
+    #
+    # Neither may fail a client. nginx never sends a request to a node that is about to
+    # stop or not ready yet: a node leaves nginx (rendered `down`, SIGHUP, wait until
+    # only workers with the new config accept) before supervisor stops it, and joins
+    # only once /ready answers 200. Stopping is graceful: a gateway closes its sockets
+    # with 1012 (clients reconnect elsewhere and resume), a worker drains.
+
+    def rolling_restart(self) -> None:
+        """Restart every gateway, then every worker, one at a time (see restart_plan).
+
+        Raises DeployError; a node that does not come back stays out of nginx."""
+        self._require_running()
+        with self._change_lock():
+            start = time.monotonic()
+            plan = restart_plan(self.spec)
+            self._out(
+                f"rolling restart of {self.spec.gateways} gateways, {self.spec.workers} workers"
+            )
+            for step in plan:
+                if step.action == "scale":
+                    self._scale(step.gateways, step.workers)
+                else:
+                    self._restart_node(step.name)
+            self._out(f"rolling restart done in {time.monotonic() - start:.1f}s")
+
+    def scale(self, gateways: int, workers: int) -> None:
+        """Change the node counts live; the new counts are saved in the run dir.
+
+        New nodes join nginx once ready; removed ones (the highest numbers) leave nginx,
+        then stop gracefully. Raises DeployError."""
+        self._require_running()
+        with self._change_lock():
+            self._scale(gateways, workers)
+
+    def _require_running(self) -> None:
+        if not self.supervisor.is_running():
+            raise DeployError(
+                f"cluster is not running (run dir {self.spec.run_dir}); `make deploy` first"
+            )
+
+    @contextmanager
+    def _change_lock(self) -> Iterator[None]:
+        """One planned change at a time per run dir."""
+        with open(self.spec.run_dir / "change.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DeployError(
+                    "another rolling-restart or scale is running on this cluster"
+                ) from None
+            yield
+
+    def _restart_node(self, name: str) -> None:
+        start = time.monotonic()
+        kind = name.rpartition("-")[0]
+        peers = {"gateway": self.spec.gateway_names, "worker": self.spec.worker_names}[kind]
+        if not any(self._ready(peer) for peer in peers if peer != name):
+            raise DeployError(
+                f"no {kind} but {name} is ready, so taking it out would fail clients; "
+                "`make status` shows why"
+            )
+        old_pid = self.pids().get(name, 0)
+        self._out(f"{name}: out of nginx")
+        self._apply_nginx(down={name})
+        self._out(f"{name}: stopping (pid {old_pid})")
+        self._stop_nodes([name])
+        self._start_node(name)
+        self._wait_ready([name])
+        self._apply_nginx()
+        self._out(
+            f"{name}: back in nginx, pid {old_pid} -> {self.pids().get(name, 0)} "
+            f"({time.monotonic() - start:.1f}s)"
+        )
+
+    def _scale(self, gateways: int, workers: int) -> None:
+        old = self.spec
+        target = old.scaled(gateways, workers)
+        union = union_spec(old, target)
+        old_names = old.gateway_names + old.worker_names
+        target_names = target.gateway_names + target.worker_names
+        added = [n for n in union.gateway_names + union.worker_names if n not in old_names]
+        removed = [n for n in old_names if n not in target_names]
+        if not added and not removed:
+            self._out(f"already {gateways} gateways and {workers} workers; nothing to do")
+            return
+        self._out(
+            f"scaling from {old.gateways} gateways, {old.workers} workers to {gateways} "
+            f"gateways, {workers} workers (adding: {', '.join(added) or 'none'}; "
+            f"removing: {', '.join(removed) or 'none'})"
+        )
+        if added:
+            busy = {n: union.node_port(n) for n in added if port_open(union.node_port(n))}
+            if busy:
+                raise DeployError(
+                    "ports for the new nodes are in use by another process: "
+                    + ", ".join(f"{name} :{port}" for name, port in busy.items())
+                )
+            self._create_logs(added)
+            reread = self._write_programs(union)
+            # From here on `status` and `stop` know the new nodes.
+            self._set_spec(union)
+            for name in added:
+                try:
+                    if name in reread:
+                        self.supervisor.add_group(name)  # autostart: supervisor starts it
+                    else:  # left from a scale that failed: supervisor has it already
+                        self.supervisor.start_process(name)
+                except xmlrpc.client.Fault as fault:
+                    raise DeployError(f"supervisord cannot start {name}: {fault}") from fault
+            self._wait_ready(added)
+        # One reload takes the new nodes in and the leaving ones out.
+        self._apply_nginx(down=removed)
+        if removed:
+            self._out(f"stopping {', '.join(removed)}")
+            self._stop_nodes(removed)
+            for name in removed:
+                self.supervisor.remove_group(name)
+            self._write_programs(target)
+            self._set_spec(target)
+            self._apply_nginx()
+        self._out(f"now {target.gateways} gateways and {target.workers} workers")
+
+    def _set_spec(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self._procs = None
+        spec.save()
+
+    def _write_programs(self, spec: ClusterSpec) -> list[str]:
+        """Write supervisord.conf for `spec` and have supervisord reread it; returns the
+        programs new to it. The programs that stay must render exactly as they run."""
+        try:
+            secret, _ = resolve_secret(spec.run_dir, explicit=spec.extra_env.get("JWT_SECRET"))
+        except SecretError as exc:
+            raise DeployError(str(exc)) from exc
+        conf_path = self.supervisor.paths["conf"]
+        conf = render_conf(spec, build_processes(spec, ensure_binaries(), secret))
+        changed = changed_programs(conf_path.read_text(), conf)
+        if changed:
+            # Supervisor would keep them running as they are, so the new nodes would
+            # differ from them: refuse rather than run a mixed cluster.
+            raise DeployError(
+                f"the settings of {', '.join(changed)} differ from the running ones "
+                "(another JWT_SECRET, .env or Python than `make deploy` used?); "
+                "run this with the same environment, or `make stop` and `make deploy`"
+            )
+        write_private(conf_path, conf)
+        added, _, _ = self.supervisor.reload_config()
+        return added
+
+    def _apply_nginx(self, down: Collection[str] = ()) -> None:
+        """Render nginx.conf (nodes in `down` out of rotation), check it with `nginx -t`,
+        reload gracefully, and return once the new config is what accepts requests."""
+        master = self.pids().get("nginx", 0)
+        if not master:
+            raise DeployError("nginx is not running; `make status` shows why")
+        conf = self.spec.run_dir / "nginx" / "nginx.conf"
+        previous = conf.read_text()
+        self._render_nginx(down)
+        test = subprocess.run(
+            [*nginx_command(os.readlink(f"/proc/{master}/exe"), self.spec.run_dir)[:-2], "-t"],
+            capture_output=True,
+            text=True,
+        )
+        if test.returncode != 0:
+            conf.write_text(previous)
+            raise DeployError(f"the new nginx config is invalid (kept the old one):\n{test.stderr}")
+        try:
+            reload_nginx(master)
+        except ReloadError as exc:
+            raise DeployError(f"{exc}\n{self.log_tail('nginx')}") from exc
+
+    def _start_node(self, name: str) -> None:
+        try:
+            self.supervisor.start_process(name)
+        except xmlrpc.client.Fault as fault:
+            self._fail(name, f"did not start: {fault.faultString}")
+
+    def _stop_nodes(self, names: list[str]) -> None:
+        """Stop gracefully through supervisor (SIGTERM; SIGKILL after stopwaitsecs)."""
+        for name in names:
+            self.supervisor.stop_process(name)
+        timeout = max(self.process(n).stopwaitsecs for n in names) + 10.0
+
+        def stopped() -> bool:
+            infos = self.supervisor.processes()
+            return all(infos[n]["statename"] in _STOPPED_STATES for n in names)
+
+        if not _wait_until(stopped, timeout):
+            raise DeployError(f"{', '.join(names)} did not stop within {timeout:.0f}s")
+
+    def _wait_ready(self, names: list[str]) -> None:
+        """Until supervisor has each node RUNNING (up for startsecs) and its /ready
+        answers 200 (it serves requests, not just runs)."""
+        deadline = time.monotonic() + self.spec.start_timeout
+        pending = list(names)
+        while pending:
+            states = {n: i["statename"] for n, i in self.supervisor.processes().items()}
+            for name in list(pending):
+                if states.get(name) == "FATAL":  # supervisor gave up starting it
+                    self._fail(name, "supervisor state FATAL; it stays out of nginx")
+                if states.get(name) == "RUNNING" and self._ready(name):
+                    pending.remove(name)
+            if pending and time.monotonic() >= deadline:
+                self._fail(
+                    pending[0],
+                    f"not ready after {self.spec.start_timeout:.0f}s; it stays out of nginx",
+                    also=pending[1:],
+                )
+            if pending:
+                time.sleep(_POLL)
+
+    def _ready(self, name: str) -> bool:
+        url = f"http://127.0.0.1:{self.spec.node_port(name)}/ready"
+        return http_get(url, timeout=1.0)[0] == 200
+
     # --- status and logs ------------------------------------------------------------
 
     def status(self) -> bool:
@@ -311,7 +590,8 @@ class Cluster:
         self._out("health:")
         for proc in self.processes():
             if proc.probe == "http":
-                url = f"http://127.0.0.1:{proc.port}{proc.probe_path}"
+                host = f"[{proc.host}]" if ":" in proc.host else proc.host
+                url = f"http://{host}:{proc.port}{proc.probe_path}"
                 status, body = http_get(url)
                 ok, detail = status == 200, f"{status} {' '.join(body.split())[:160]}"
             else:

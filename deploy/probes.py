@@ -81,5 +81,6 @@ def probe(proc: Process) -> ProbeResult:
         return redis_ping(proc.port)
     if proc.probe == "kafka":
         return kafka_api_versions(proc.port)
-    status, body = http_get(f"http://{HOST}:{proc.port}{proc.probe_path}", timeout=1.0)
+    host = f"[{proc.host}]" if ":" in proc.host else proc.host
+    status, body = http_get(f"http://{host}:{proc.port}{proc.probe_path}", timeout=1.0)
     return ProbeResult(status == 200, f"{status} {body.strip()[:200]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import socket
@@ -12,10 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nginx.render import DEFAULT_PUBLIC_BIND, listen_address
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = CHECKOUT / "run"
 
 ProbeKind = Literal["redis", "kafka", "http"]
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
+_BOOLS |= {"no": False, "off": False}
+# The names in all_ports() of the listeners that bind PUBLIC_BIND.
+_PUBLIC_LISTENERS = ("nginx public", "nginx status", "nginx frontend")
 
 # Environment variables `python -m deploy` reads, and the ClusterSpec field each sets.
 PORT_ENV = {
@@ -26,6 +33,11 @@ PORT_ENV = {
     "FRONTEND_PORT": "frontend_port",
     "INTERNAL_PORT": "internal_port",
 }
+
+
+DEFAULT_GATEWAY_PORT = 8001
+DEFAULT_WORKER_PORT = 8101
+"""gateway-1 and worker-1 of `make deploy`; node N is on the default port + N - 1."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -54,6 +66,8 @@ class Process:
     stopwaitsecs: int = 15
     logs: tuple[str, ...] = ()
     """Log files under run_dir/logs worth showing when it fails (its own log comes first)."""
+    host: str = "127.0.0.1"
+    """Where the probe connects (nginx's status listener binds PUBLIC_BIND)."""
 
 
 @dataclass
@@ -78,19 +92,24 @@ class ClusterSpec:
     key_prefix: str = ""
     start_timeout: float = 90.0
     """Seconds `up` waits for every process to become healthy."""
+    public_bind: str = DEFAULT_PUBLIC_BIND
+    """Address of nginx's public, status and frontend listeners (PUBLIC_BIND)."""
+    auth_dev_mode: bool | None = None
+    """AUTH_DEV_MODE of the nodes; None: on exactly when public_bind is loopback."""
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
         if not self.gateway_ports:
-            self.gateway_ports = list(range(8001, 8001 + self.gateways))
+            self.gateway_ports = _default_ports(DEFAULT_GATEWAY_PORT, self.gateways)
         if not self.worker_ports:
-            self.worker_ports = list(range(8101, 8101 + self.workers))
+            self.worker_ports = _default_ports(DEFAULT_WORKER_PORT, self.workers)
         if (len(self.gateway_ports), len(self.worker_ports)) != (self.gateways, self.workers):
             raise ValueError("gateway_ports/worker_ports must match gateways/workers")
         if self.gateways < 1 or self.workers < 1:
             raise ValueError("a cluster needs at least one gateway and one worker")
         if self.sticky not in ("ip_hash", "consistent"):
             raise ValueError(f"STICKY must be ip_hash or consistent, not {self.sticky!r}")
+        listen_address(self.public_bind, self.public_port)  # ValueError names PUBLIC_BIND
 
     @classmethod
     def on_free_ports(
@@ -116,16 +135,57 @@ class ClusterSpec:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ClusterSpec:
-        """GATEWAYS, WORKERS, STICKY, RUN_DIR and the *_PORT overrides in PORT_ENV."""
+        """GATEWAYS, WORKERS, STICKY, RUN_DIR, PUBLIC_BIND, AUTH_DEV_MODE, ALLOWED_ORIGINS
+        (for browsers on other hosts once PUBLIC_BIND opens the ports) and the *_PORT
+        overrides in PORT_ENV."""
+        dev_mode = (environ.get("AUTH_DEV_MODE") or "").strip().lower()
+        if dev_mode and dev_mode not in _BOOLS:
+            raise ValueError(f"AUTH_DEV_MODE must be true or false, not {dev_mode!r}")
         spec = cls(
             run_dir=Path(environ.get("RUN_DIR") or DEFAULT_RUN_DIR),
             gateways=int(environ.get("GATEWAYS") or 3),
             workers=int(environ.get("WORKERS") or 3),
             sticky=environ.get("STICKY") or "ip_hash",  # type: ignore[arg-type]
+            public_bind=environ.get("PUBLIC_BIND") or DEFAULT_PUBLIC_BIND,
+            auth_dev_mode=_BOOLS[dev_mode] if dev_mode else None,
         )
+        if environ.get("ALLOWED_ORIGINS"):
+            spec.extra_env["ALLOWED_ORIGINS"] = environ["ALLOWED_ORIGINS"]
         for var, attr in PORT_ENV.items():
             if environ.get(var):
                 setattr(spec, attr, int(environ[var]))
+        return spec
+
+    def scaled(self, gateways: int, workers: int) -> ClusterSpec:
+        """This cluster with other node counts (`make scale`).
+
+        Nodes are numbered 1..N, so removing nodes removes the highest numbers and the
+        nodes that stay keep their ports. New nodes continue the default ports (8001..,
+        8101..) when the cluster uses them, else get ports the kernel hands out now
+        (clusters on free ports: tests, benches). ValueError when a port would repeat.
+        """
+        ports = {
+            "gateway": _grown(self.gateway_ports, gateways, DEFAULT_GATEWAY_PORT),
+            "worker": _grown(self.worker_ports, workers, DEFAULT_WORKER_PORT),
+        }
+        wanted = {"gateway": gateways, "worker": workers}
+        fresh = free_ports(sum(wanted[k] - len(p) for k, p in ports.items() if len(p) < wanted[k]))
+        for kind, kind_ports in ports.items():
+            while len(kind_ports) < wanted[kind]:
+                kind_ports.append(fresh.pop())
+        spec = dataclasses.replace(
+            self,
+            gateways=gateways,
+            workers=workers,
+            gateway_ports=ports["gateway"],
+            worker_ports=ports["worker"],
+        )
+        every = list(spec.all_ports().values())
+        if len(every) != len(set(every)):
+            repeated = sorted({p for p in every if every.count(p) > 1})
+            raise ValueError(
+                f"{gateways} gateways and {workers} workers would reuse ports {repeated}"
+            )
         return spec
 
     # The spec of a running cluster is saved in its run dir, so that status and
@@ -133,7 +193,8 @@ class ClusterSpec:
     def save(self) -> None:
         data = dataclasses.asdict(self)
         data["run_dir"] = str(self.run_dir)
-        (self.run_dir / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
+        # extra_env may hold secrets (tests pass JWT_SECRET): owner only.
+        write_private(self.run_dir / "cluster.json", json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir: Path) -> ClusterSpec | None:
@@ -153,6 +214,31 @@ class ClusterSpec:
     @property
     def worker_names(self) -> list[str]:
         return [f"worker-{i}" for i in range(1, self.workers + 1)]
+
+    @property
+    def dev_mode(self) -> bool:
+        """Whether the nodes accept `dev-token` (extra_env's AUTH_DEV_MODE wins)."""
+        if "AUTH_DEV_MODE" in self.extra_env:
+            return _BOOLS.get(self.extra_env["AUTH_DEV_MODE"].strip().lower(), False)
+        if self.auth_dev_mode is None:
+            return self.public_is_loopback
+        return self.auth_dev_mode
+
+    @property
+    def public_is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.public_bind.strip("[]")).is_loopback
+
+    @property
+    def public_host(self) -> str:
+        """Where this machine reaches the public listeners (for probes and port checks)."""
+        address = ipaddress.ip_address(self.public_bind.strip("[]"))
+        if address.is_unspecified:
+            return "127.0.0.1" if address.version == 4 else "::1"
+        return str(address)
+
+    def port_host(self, name: str) -> str:
+        """The address `all_ports()[name]` listens on, as seen from this machine."""
+        return self.public_host if name in _PUBLIC_LISTENERS else "127.0.0.1"
 
     @property
     def redis_url(self) -> str:
@@ -197,21 +283,46 @@ class ClusterSpec:
         ports.update({n: self.node_port(n) for n in self.gateway_names + self.worker_names})
         return ports
 
-    def app_env(self, node_id: str) -> dict[str, str]:
-        """Environment of one gateway or worker."""
+    def app_env(self, node_id: str, jwt_secret: str | None = None) -> dict[str, str]:
+        """Environment of one gateway or worker (JWT_SECRET only when given)."""
         frontend = self.frontend_port
         env = {
             "REDIS_URL": self.redis_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "WORKER_URL": self.internal_url,
-            # The local deploy is for development: `dev-token` is accepted.
-            "AUTH_DEV_MODE": "true",
+            # The local deploy is for development: `dev-token` is accepted, as long
+            # as nginx listens on loopback only (see dev_mode).
+            "AUTH_DEV_MODE": "true" if self.dev_mode else "false",
             "ALLOWED_ORIGINS": f"http://localhost:{frontend},http://127.0.0.1:{frontend}",
             "REDIS_KEY_PREFIX": self.key_prefix,
             "LOG_LEVEL": "INFO",
             # Log lines reach the log file as they are written.
             "PYTHONUNBUFFERED": "1",
         }
+        if jwt_secret is not None:
+            env["JWT_SECRET"] = jwt_secret
         env.update(self.extra_env)
         env["NODE_ID"] = node_id
         return env
+
+
+def _default_ports(first: int, count: int) -> list[int]:
+    return list(range(first, first + count))
+
+
+def _grown(ports: list[int], count: int, default_first: int) -> list[int]:
+    """The first `count` of `ports`, continued on the default scheme when `ports` follow
+    it; a shorter list when the caller must fill in free ports."""
+    if count <= len(ports):
+        return ports[:count]
+    if ports == _default_ports(default_first, len(ports)):
+        return _default_ports(default_first, count)
+    return list(ports)
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `text` to a file that is `mode` from its first byte (not chmod afterwards)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), mode)  # an existing file keeps its mode on O_CREAT
+        out.write(text)

@@ -20,6 +20,8 @@ from nginx.render import nginx_command
 # Start order; supervisor stops in the reverse one. Stores first so that apps find them.
 _PRIORITY = {"redis": 10, "kafka": 10, "worker": 20, "gateway": 30, "nginx": 40}
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LOG_UMASK = 0o027
+"""supervisord's umask, inherited by every child: new files 0640, directories 0750."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,11 @@ def paths(run_dir: Path) -> dict[str, Path]:
     }
 
 
-def build_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
-    """Every program of the cluster, in start order."""
+def build_processes(
+    spec: ClusterSpec, bins: Binaries, jwt_secret: str | None = None
+) -> list[Process]:
+    """Every program of the cluster, in start order; gateways and workers get
+    `jwt_secret` as JWT_SECRET (unless spec.extra_env sets one)."""
     run = spec.run_dir
     kafka_url = f"tcp://127.0.0.1:{spec.kafka_port}"
     procs = [
@@ -53,11 +58,16 @@ def build_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
                 str(spec.redis_port),
                 "--bind",
                 "127.0.0.1",
-                # A cache and scratch store for one run: nothing to persist.
+                # Sessions, owners, history and in-flight answers must survive a
+                # restart of Redis: append-only file, fsync once a second (a crash of
+                # the machine loses at most the last second; a crash of Redis itself
+                # loses nothing it acknowledged). No RDB snapshots on top.
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--dir",
                 str(run / "redis"),
                 "--daemonize",
@@ -108,7 +118,7 @@ def build_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
                     ],
                     port=port,
                     probe="http",
-                    env=spec.app_env(name),
+                    env=spec.app_env(name, jwt_secret),
                     priority=_PRIORITY[kind],
                     stopwaitsecs=stopwait,
                 )
@@ -122,6 +132,7 @@ def build_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
             probe_path="/nginx-status",
             priority=_PRIORITY["nginx"],
             logs=("nginx-error.log",),
+            host=spec.public_host,
         )
     )
     return procs
@@ -161,6 +172,9 @@ def render_conf(spec: ClusterSpec, procs: list[Process]) -> str:
         f"logfile={_escape(str(p['logs'] / 'supervisord.log'))}",
         f"pidfile={_escape(str(p['pid']))}",
         f"childlogdir={_escape(str(p['logs']))}",
+        # Files it and its children create (its log, every child's log, nginx's logs,
+        # Redis's append-only file) are 0640: nobody but the owner's group reads them.
+        f"umask={LOG_UMASK:03o}",
         f"directory={_escape(str(CHECKOUT))}",
         f"minfds={_min_fds()}",
         "",
@@ -188,6 +202,7 @@ def render_conf(spec: ClusterSpec, procs: list[Process]) -> str:
             # uvicorn and nginx have children; stop and kill the whole group.
             "stopasgroup=true",
             "killasgroup=true",
+            f"umask={LOG_UMASK:03o}",
             "redirect_stderr=true",
             f"stdout_logfile={_escape(str(p['logs'] / f'{proc.name}.log'))}",
             "stdout_logfile_maxbytes=50MB",
@@ -250,6 +265,28 @@ class Supervisor:
             self._call("startProcess", name, True)
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
+                raise
+
+    def reload_config(self) -> tuple[list[str], list[str], list[str]]:
+        """Reread supervisord.conf (`supervisorctl reread`): the program groups (added,
+        changed, removed) compared with the running ones. Nothing starts or stops."""
+        [[added, changed, removed]] = self._call("reloadConfig")
+        return list(added), list(changed), list(removed)
+
+    def add_group(self, name: str) -> None:
+        """Start managing a program reread from the config (autostart starts it)."""
+        try:
+            self._call("addProcessGroup", name)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_ADDED" not in fault.faultString:
+                raise
+
+    def remove_group(self, name: str) -> None:
+        """Forget a stopped program (`supervisorctl update` after it left the config)."""
+        try:
+            self._call("removeProcessGroup", name)
+        except xmlrpc.client.Fault as fault:
+            if "BAD_NAME" not in fault.faultString:
                 raise
 
     def shutdown(self) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import html
+import ipaddress
 import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ COMPOSE_CONF = CHECKOUT / "compose" / "nginx.conf"
 STICKY_METHODS = {"ip_hash": "ip_hash;", "consistent": "hash $remote_addr consistent;"}
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+DEFAULT_PUBLIC_BIND = "127.0.0.1"
+"""Where `make deploy` listens for clients unless PUBLIC_BIND says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Node:
 
     name: str
     address: str
+    down: bool = False
+    """Marked `down`: nginx sends it no new request (a planned restart or removal), and
+    `ip_hash` keeps every other client on the server it had."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,12 @@ class NginxLayout:
     """`user` directive; only meaningful when the master runs as root."""
     rlimit_nofile: int = 65535
     mode: str = field(default="local")
+    conn_per_ip: int = 256
+    """Open connections one client address may hold on the public listener."""
+    handshakes_per_ip: str = "20r/s"
+    """New requests (WebSocket handshakes, REST calls) one client address may make..."""
+    handshake_burst: int = 100
+    """...with this many at once above the rate (a reconnect after a restart)."""
 
 
 def local_layout(
@@ -67,17 +79,31 @@ def local_layout(
     frontend_port: int,
     sticky: str = "ip_hash",
     user: str | None = None,
+    public_bind: str = DEFAULT_PUBLIC_BIND,
+    down: Collection[str] = (),
 ) -> NginxLayout:
-    """The supervisor deployment: everything on 127.0.0.1, state under `run_dir`."""
+    """The supervisor deployment: state under `run_dir`, nodes on 127.0.0.1.
+
+    The public, status and frontend listeners bind `public_bind` (loopback unless the
+    operator says otherwise: PUBLIC_BIND); the AI upstream is on loopback only. Nodes
+    named in `down` are rendered with the `down` parameter (taken out of rotation).
+    """
+
+    def nodes(kind: str, ports: Sequence[int]) -> list[Node]:
+        named = ((f"{kind}-{i}", p) for i, p in enumerate(ports, 1))
+        return [Node(name, f"127.0.0.1:{p}", name in down) for name, p in named]
+
+    gateways, workers = nodes("gateway", gateway_ports), nodes("worker", worker_ports)
+    unknown = set(down) - {n.name for n in [*gateways, *workers]}
+    if unknown:
+        raise ValueError(f"down names nodes that are not in the layout: {sorted(unknown)}")
     return NginxLayout(
-        gateways=[Node(f"gateway-{i}", f"127.0.0.1:{p}") for i, p in enumerate(gateway_ports, 1)],
-        workers=[Node(f"worker-{i}", f"127.0.0.1:{p}") for i, p in enumerate(worker_ports, 1)],
-        # Public ports listen on all interfaces like the compose deployment;
-        # the AI upstream is on loopback only.
-        public_listen=str(public_port),
+        gateways=gateways,
+        workers=workers,
+        public_listen=listen_address(public_bind, public_port),
         internal_listen=f"127.0.0.1:{internal_port}",
-        status_listen=str(status_port),
-        frontend_listen=str(frontend_port),
+        status_listen=listen_address(public_bind, status_port),
+        frontend_listen=listen_address(public_bind, frontend_port),
         frontend_root=str(CHECKOUT / "frontend"),
         sticky=sticky,
         run_dir=run_dir,
@@ -85,6 +111,18 @@ def local_layout(
         rlimit_nofile=_nofile_limit(),
         mode="local",
     )
+
+
+def listen_address(bind: str, port: int) -> str:
+    """`listen` argument for an IP address (v4 or v6) and a port; ValueError otherwise."""
+    try:
+        address = ipaddress.ip_address(bind.strip().strip("[]"))
+    except ValueError:
+        msg = f"PUBLIC_BIND must be an IP address (such as 127.0.0.1), not {bind!r}"
+        raise ValueError(msg) from None
+    if address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
 
 
 def _nofile_limit() -> int:
@@ -115,8 +153,13 @@ def _quote(path: Path | str) -> str:
 
 
 def _servers(nodes: Sequence[Node]) -> str:
+    if nodes and all(n.down for n in nodes):
+        # nginx would answer every request 502 ("no live upstreams").
+        raise ValueError(f"every server of an upstream is down: {[n.name for n in nodes]}")
     return "\n".join(
-        f"        server {n.address} max_fails=3 fail_timeout=10s;  # {n.name}" for n in nodes
+        f"        server {n.address} max_fails=3 fail_timeout=10s{' down' if n.down else ''};"
+        f"  # {n.name}"
+        for n in nodes
     )
 
 
@@ -198,6 +241,9 @@ def _values(layout: NginxLayout) -> dict[str, str]:
         "frontend_root": _quote(layout.frontend_root),
         "status_page": _status_page(layout),
         "node_locations": _node_locations(layout),
+        "conn_per_ip": str(layout.conn_per_ip),
+        "handshakes_per_ip": layout.handshakes_per_ip,
+        "handshake_burst": str(layout.handshake_burst),
     }
 
 

@@ -156,8 +156,7 @@ class EventDrainer:
         """Close the producer (the pending entries stay in Redis)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                await producer.stop()
+            await _stop(producer)
 
     async def drain_once(self) -> int:
         """One round: the gauges and a reclaim when due, then one batch read and sent.
@@ -221,8 +220,7 @@ class EventDrainer:
         try:
             await producer.start()
         except (KafkaError, OSError) as exc:
-            with contextlib.suppress(KafkaError, OSError):
-                await producer.stop()
+            await _stop(producer)
             if not self._kafka_down_logged:
                 self._kafka_down_logged = True
                 log.warning(
@@ -231,8 +229,7 @@ class EventDrainer:
                 )
             return False
         except BaseException:
-            with contextlib.suppress(KafkaError, OSError):
-                await producer.stop()
+            await _stop(producer)
             raise
         self._producer = producer
         self._kafka_down_logged = False
@@ -294,3 +291,14 @@ def _discard(futures: list[asyncio.Future[Any]]) -> None:
             future.cancel()
         elif not future.cancelled():
             future.exception()
+
+
+#: Longest wait for a producer to close: its flush must never hold up a shutdown (what
+#: it did not send stays pending in the Redis outbox).
+PRODUCER_CLOSE_S = 2.0
+
+
+async def _stop(producer: Producer) -> None:
+    with contextlib.suppress(KafkaError, OSError, TimeoutError):
+        async with asyncio.timeout(PRODUCER_CLOSE_S):
+            await producer.stop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from deploy.cluster import Cluster
 from deploy.spec import ClusterSpec
@@ -32,9 +32,10 @@ FAST = {
     "SIM_MIN_TOKENS": "20",
     "SIM_MAX_TOKENS": "80",
     "SIM_TOKENS_PER_SECOND": "80",
-    # Each connection chats about once a second; the per-connection limit is not
-    # what this test is about.
+    # Each client chats about once a second; the limits are not what this test is
+    # about (a refusal would only be waited out).
     "CHAT_RATE_PER_MINUTE": "1000",
+    "USER_CHATS_PER_MINUTE": "1000",
 }
 # `"GET /ws/chat HTTP/1.1" 502` in nginx's access log (see the template's log_format).
 _ACCESS = re.compile(r'"[A-Z]+ (/ws/\S*) HTTP/[\d.]+" (\d{3}) ')
@@ -91,7 +92,8 @@ class CountingClient(ChatClient):
         try:
             return await super().connect()
         except Exception as exc:
-            self.tally.failed.append(f"{self.local_ip}: {exc!r}")
+            what = f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else exc
+            self.tally.failed.append(f"{self.local_ip}: {what!r}")
             raise
         finally:
             self.backlog = kept + self.backlog
@@ -103,7 +105,7 @@ class CountingClient(ChatClient):
             try:
                 await self.connect()
                 return
-            except (OSError, ConnectionClosed, TimeoutError, Exception):
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -115,8 +117,9 @@ class CountingClient(ChatClient):
             try:
                 await self.send({"type": "chat", "text": text, "client_msg_id": client_msg_id})
                 frame = await self.recv_until(
-                    lambda f: f["type"] in ("ack", "error")
-                    and f.get("client_msg_id") == client_msg_id
+                    lambda f: (
+                        f["type"] in ("ack", "error") and f.get("client_msg_id") == client_msg_id
+                    )
                 )
             except ConnectionClosed:
                 await self.reconnect()
@@ -190,19 +193,30 @@ class Workload:
     async def __aenter__(self) -> Workload:
         for n in range(CLIENTS):
             self.add(f"127.0.{60 + n}.1")
-        await eventually(
-            lambda: len(self.tally.answers) >= CLIENTS, 30, "every client's first answers"
-        )
+        try:
+            await eventually(
+                lambda: len(self.tally.answers) >= CLIENTS, 30, "every client's first answers"
+            )
+        except BaseException:
+            await self._cancel()
+            raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self.stop.set()
+        if exc_type is not None:  # the test failed already: just clean up
+            await self._cancel()
+            return
         done, pending = await asyncio.wait(self.tasks, timeout=60)
-        for task in pending:
-            task.cancel()
+        await self._cancel()
         assert not pending, f"{len(pending)} clients still busy a minute after the change"
         for task in done:
             task.result()  # a client's own failure, if any
+
+    async def _cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.wait(self.tasks)
 
 
 def access_log_since(handle: ClusterHandle, offset: int) -> list[tuple[str, int]]:
@@ -233,7 +247,10 @@ async def test_rolling_restart_fails_no_handshake_and_no_answer(small_cluster) -
         restarted_in = time.monotonic() - started
         answers_during = len(work.tally.answers)
     after = cluster.pids()
-    print(f"\nrolling restart of 2 gateways + 2 workers in {restarted_in:.1f}s: {work.tally.summary()}")
+    print(
+        f"\nrolling restart of 2 gateways + 2 workers in {restarted_in:.1f}s: "
+        f"{work.tally.summary()}"
+    )
 
     for name in handle.gateway_names + handle.worker_names:
         assert after[name] and after[name] != before[name], f"{name} was not restarted"
@@ -251,8 +268,11 @@ async def test_scale_up_then_down_fails_nobody_and_new_nodes_serve(small_cluster
     handle = small_cluster
     cluster = handle.cluster
     log_offset = (handle.run_dir / "logs" / "nginx-access.log").stat().st_size
+    took: dict[str, float] = {}
     async with Workload(handle) as work:
+        mark = time.monotonic()
         await asyncio.to_thread(cluster.scale, 3, 3)
+        took["scale up"] = time.monotonic() - mark
         assert (cluster.spec.gateways, cluster.spec.workers) == (3, 3)
         healthy, text = await asyncio.to_thread(status_lines, handle)
         assert healthy and "gateway-3" in text and "worker-3" in text, text
@@ -270,18 +290,24 @@ async def test_scale_up_then_down_fails_nobody_and_new_nodes_serve(small_cluster
             pytest.fail("no client address reached gateway-3")
         worker3 = f"http://127.0.0.1:{cluster.spec.node_port('worker-3')}"
         await eventually(
-            lambda: metric(worker3, "worker_answers_finished") >= 3, 20, "answers from worker-3"
+            lambda: metric(worker3, "worker_answers_finished_total") >= 3,
+            20,
+            "answers from worker-3",
         )
-        finished_by_worker3 = metric(worker3, "worker_answers_finished")
+        finished_by_worker3 = metric(worker3, "worker_answers_finished_total")
+        took["new nodes served"] = time.monotonic() - mark - took["scale up"]
 
+        mark = time.monotonic()
         await asyncio.to_thread(cluster.scale, 2, 2)
+        took["scale down"] = time.monotonic() - mark
         assert (cluster.spec.gateways, cluster.spec.workers) == (2, 2)
         healthy, text = await asyncio.to_thread(status_lines, handle)
         assert healthy and "gateway-3" not in text and "worker-3" not in text, text
         assert "gateway-2" in text and "worker-2" in text, text
     print(
-        f"\nscale 2/2 -> 3/3 -> 2/2: worker-3 finished {finished_by_worker3:.0f} answers; "
-        f"{work.tally.summary()}"
+        "\nscale 2/2 -> 3/3 -> 2/2 ("
+        + ", ".join(f"{what} {seconds:.1f}s" for what, seconds in took.items())
+        + f"): worker-3 finished {finished_by_worker3:.0f} answers; {work.tally.summary()}"
     )
     work.tally.check()
     assert ClusterSpec.load(handle.run_dir) == cluster.spec

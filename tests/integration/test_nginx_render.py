@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +69,9 @@ class Proxy:
     internal: str
     internal_port: int
     status: str
+    frontend: str
+    run_dir: Path
+    public_port: int
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,15 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             "nginx to listen",
         )
         assert proc.poll() is None, (run_dir / "logs" / "nginx-error.log").read_text()
-        yield Proxy(base.format(public), base.format(internal), internal, base.format(status))
+        yield Proxy(
+            base.format(public),
+            base.format(internal),
+            internal,
+            base.format(status),
+            base.format(frontend),
+            run_dir,
+            public,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -163,6 +175,35 @@ def test_internal_listener_is_loopback_only(proxy: Proxy) -> None:
     assert _get(f"{proxy.internal}/health")["node_id"].startswith("worker-")
     with pytest.raises(OSError), socket.create_connection(("127.0.0.2", proxy.internal_port), 2):
         pass
+
+
+def test_public_listeners_are_loopback_only(proxy: Proxy) -> None:
+    assert _get(f"{proxy.public}/health")["node_id"].startswith("gateway-")
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.2", proxy.public_port), 2):
+        pass
+
+
+def test_access_log_keeps_no_query_string(proxy: Proxy) -> None:
+    secret = "SECRET" + uuid.uuid4().hex
+    source = f"127.0.{uuid.uuid4().int % 200 + 20}.{uuid.uuid4().int % 200 + 20}"
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=5) as client:
+        assert client.get(f"{proxy.public}/health?session_id=s&token={secret}").status_code == 200
+    log = proxy.run_dir / "logs" / "nginx-access.log"
+
+    def our_line() -> str:
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith(source + " ")]
+        return lines[-1] if lines else ""
+
+    line = wait_for(our_line, 10, "the request in the access log")
+    assert '"GET /health HTTP/1.1" 200' in line, line
+    for name in ("nginx-access.log", "nginx-error.log"):
+        assert secret not in (proxy.run_dir / "logs" / name).read_text(), name
+
+
+def test_frontend_serves_the_app_but_not_its_tests(proxy: Proxy) -> None:
+    assert httpx.get(f"{proxy.frontend}/chat-core.js", timeout=5).status_code == 200
+    assert httpx.get(f"{proxy.frontend}/chat-core.test.mjs", timeout=5).status_code == 404
 
 
 def test_stub_status(proxy: Proxy) -> None:

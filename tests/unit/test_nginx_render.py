@@ -18,7 +18,9 @@ from nginx.render import (
 pytestmark = pytest.mark.unit
 
 
-def _local(tmp_path: Path, gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> str:
+def _local(
+    tmp_path: Path, gateways: int = 3, workers: int = 3, sticky: str = "ip_hash", **kw: str
+) -> str:
     return render(
         local_layout(
             tmp_path,
@@ -29,6 +31,7 @@ def _local(tmp_path: Path, gateways: int = 3, workers: int = 3, sticky: str = "i
             status_port=9090,
             frontend_port=9300,
             sticky=sticky,
+            **kw,
         )
     )
 
@@ -80,7 +83,7 @@ def test_sticky_methods(tmp_path: Path) -> None:
 
 def test_ai_upstream_only_on_the_loopback_internal_listener(tmp_path: Path) -> None:
     conf = _local(tmp_path)
-    public = _server(conf, "9080")
+    public = _server(conf, "127.0.0.1:9080")
     internal = _server(conf, "127.0.0.1:9081")
     assert "ai_worker" not in public
     assert "proxy_pass http://ai_worker;" in internal
@@ -94,15 +97,22 @@ def test_ai_upstream_only_on_the_loopback_internal_listener(tmp_path: Path) -> N
         "proxy_next_upstream_tries 3;",
     ):
         assert line in internal
-    # Only /ws/, /api/ and /health go to the gateways; the rest is 404.
+    # Only /ws/, /api/ and /health go to the gateways; the rest is 404 (and the named
+    # location answers refusals of the per-address limits).
     locations = re.findall(r"location ([^{]+) \{", public)
-    assert [loc.strip() for loc in locations] == ["/ws/", "/api/", "= /health", "/"]
+    assert [loc.strip() for loc in locations] == [
+        "/ws/",
+        "/api/",
+        "= /health",
+        "/",
+        "@rate_limited",
+    ]
     assert "return 404;" in _block(public, "location / {")
 
 
 def test_public_server_proxies_websockets(tmp_path: Path) -> None:
     conf = _local(tmp_path)
-    public = _server(conf, "9080")
+    public = _server(conf, "127.0.0.1:9080")
     assert "map $http_upgrade $connection_upgrade" in conf
     for line in (
         "proxy_set_header Upgrade $http_upgrade;",
@@ -128,10 +138,10 @@ def test_sized_for_many_sockets_and_logs_the_upstream(tmp_path: Path) -> None:
 
 def test_status_and_frontend_servers(tmp_path: Path) -> None:
     conf = _local(tmp_path)
-    status = _server(conf, "9090")
+    status = _server(conf, "127.0.0.1:9090")
     assert "stub_status;" in _block(status, "location = /nginx-status")
     assert "proxy_pass http://127.0.0.1:9102/health;" in status
-    frontend = _server(conf, "9300")
+    frontend = _server(conf, "127.0.0.1:9300")
     assert f'root "{Path(__file__).resolve().parents[2] / "frontend"}";' in frontend
 
 
@@ -160,3 +170,67 @@ def test_user_directive_only_when_given(tmp_path: Path) -> None:
     assert not re.search(r"^user ", render(layout), re.M)
     as_root = NginxLayout(**{**layout.__dict__, "user": "alice alice"})
     assert re.search(r"^user alice alice;$", render(as_root), re.M)
+
+
+def _log_format(conf: str) -> str:
+    """The whole `log_format ...;` directive (it spans several quoted lines)."""
+    start = conf.index("log_format ")
+    return conf[start : conf.index(";", start) + 1]
+
+
+@pytest.mark.parametrize("mode", ["local", "compose"])
+def test_access_log_has_no_query_string(tmp_path: Path, mode: str) -> None:
+    """Clients may send `?token=...`: the log names the path ($uri), never the raw
+    request line ($request), the raw URI ($request_uri) or the arguments."""
+    conf = _local(tmp_path) if mode == "local" else render(compose_layout())
+    fmt = _log_format(conf)
+    assert "$uri" in fmt and "$request_method" in fmt, fmt
+    variables = set(re.findall(r"\$[a-z_]+", fmt))
+    leaky = {"$request", "$request_uri", "$args", "$query_string", "$is_args"}
+    leaky |= {v for v in variables if v.startswith(("$arg_", "$http_", "$cookie_"))}
+    assert not variables & leaky, fmt
+    # Every access_log uses this format (the default `combined` logs $request).
+    for line in re.findall(r"^\s*access_log .*$", conf, re.M):
+        assert line.rstrip().endswith(" upstream;") or line.strip() == "access_log off;", line
+
+
+def test_public_listeners_bind_loopback_by_default(tmp_path: Path) -> None:
+    listens = re.findall(r"^\s*listen (\S+);", _local(tmp_path), re.M)
+    assert sorted(listens) == [f"127.0.0.1:{p}" for p in (9080, 9081, 9090, 9300)]
+    everywhere = re.findall(r"^\s*listen (\S+);", _local(tmp_path, public_bind="0.0.0.0"), re.M)
+    assert sorted(everywhere) == ["0.0.0.0:9080", "0.0.0.0:9090", "0.0.0.0:9300", "127.0.0.1:9081"]
+    v6 = re.findall(r"^\s*listen (\S+);", _local(tmp_path, public_bind="::"), re.M)
+    assert "[::]:9080" in v6 and "127.0.0.1:9081" in v6, "the AI upstream stays on loopback"
+    with pytest.raises(ValueError, match="PUBLIC_BIND"):
+        _local(tmp_path, public_bind="example.com")
+
+
+def test_frontend_does_not_serve_its_tests(tmp_path: Path) -> None:
+    frontend = _server(_local(tmp_path), "127.0.0.1:9300")
+    (pattern,) = re.findall(r"location ~ (\S+) \{", frontend)
+    assert "return 404;" in _block(frontend, f"location ~ {pattern}")
+    nginx_regex = re.compile(pattern)
+    for path in ("/chat-core.test.mjs", "/x.test.js", "/.env", "/.git/config"):
+        assert nginx_regex.search(path), path
+    for path in ("/app.js", "/chat-core.js", "/transcript.js", "/index.html", "/style.css"):
+        assert not nginx_regex.search(path), path
+
+
+def test_public_listener_limits_each_client_address(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    assert "limit_conn_zone $binary_remote_addr zone=per_ip_conn:10m;" in conf
+    assert "limit_req_zone $binary_remote_addr zone=per_ip_req:10m rate=20r/s;" in conf
+    public = _server(conf, "127.0.0.1:9080")
+    for line in (
+        "limit_conn per_ip_conn 256;",
+        "limit_req zone=per_ip_req burst=100 nodelay;",
+        "limit_conn_status 429;",
+        "limit_req_status 429;",
+        "error_page 429 = @rate_limited;",
+    ):
+        assert line in public
+    refusal = _block(public, "location @rate_limited")
+    assert "add_header Retry-After 1 always;" in refusal
+    assert '"error": "rate_limited"' in refusal
+    # The internal listener (gateway -> worker calls) is not limited per address.
+    assert "limit_" not in _server(conf, "127.0.0.1:9081")
