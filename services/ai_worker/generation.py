@@ -188,7 +188,7 @@ class Generation:
                     self.progress.update(last_seq=last_seq)
             finally:
                 await events.aclose()
-        finished = await self._finish(meta, token, last_seq, text, reason, usage)
+        finished = await self._finish(meta, token, text, DoneEntry(last_seq, reason, usage))
         if finished == FinishOutcome.GAP:
             await self._lose(meta, token, lease)
             return
@@ -237,26 +237,24 @@ class Generation:
         )
 
     async def _finish(
-        self,
-        meta: MessageMeta,
-        token: str,
-        last_seq: int,
-        text: str,
-        reason: FinishReason,
-        usage: Usage,
+        self, meta: MessageMeta, token: str, text: str, final: DoneEntry, *, repair: bool = True
     ) -> FinishOutcome:
-        """Write the final record; if Redis lost chunks first, write them again first."""
+        """Write the final record; if Redis lost chunks first, write them again first
+        (with `repair`; without, a GAP is returned as it is)."""
         for _ in range(MAX_REPAIRS + 1):
             outcome = await self._store.finish(
                 self.message_id,
                 meta.session_id,
                 token=token,
-                last_seq=last_seq,
+                last_seq=final.last_seq,
                 text=text,
-                reason=reason,
-                usage=usage,
+                reason=final.finish_reason,
+                usage=final.usage,
+                error=final.error,
             )
-            if outcome != FinishOutcome.GAP or not await self._repair(meta, token, last_seq + 1):
+            if outcome != FinishOutcome.GAP or not repair:
+                return outcome
+            if not await self._repair(meta, token, final.last_seq + 1):
                 return outcome
         return FinishOutcome.GAP
 
@@ -288,16 +286,9 @@ class Generation:
         outcome = Outcome.DONE
         if done is None:
             log.error("redis lost chunks of this answer; ending it", extra={"detail": last_seq})
-            finished = await self._store.finish(
-                self.message_id,
-                meta.session_id,
-                token=token,
-                last_seq=last_seq,
-                text=text,
-                reason=FinishReason.ERROR,
-                usage=Usage(completion_tokens=meta.completion_tokens),
-                error=ErrorCode.STATE_LOST,
-            )
+            usage = Usage(completion_tokens=meta.completion_tokens)
+            final = DoneEntry(last_seq, FinishReason.ERROR, usage, ErrorCode.STATE_LOST)
+            finished = await self._finish(meta, token, text, final, repair=False)
             if finished == FinishOutcome.LOST:
                 outcome = Outcome.LOST
         self.progress.update(last_seq=last_seq, outcome=outcome)

@@ -18,14 +18,14 @@ this one. Every method raises `StorageError` when Redis fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common.errors import storage_op
-from services.common.events import ChatEvent
+from services.common.events import ChatEvent, EventType
 from services.common.keys import Keys
 from services.common.settings import Settings
 
@@ -56,11 +56,30 @@ class OutboxWriter:
             "outbox_dropped": self.keys.events_outbox_dropped(),
         }
 
-    def script_args(self, event: Callable[[str], ChatEvent]) -> dict[str, str | int]:
-        """`event(node_id)` builds the event; called only when events are on."""
+    def script_args(
+        self,
+        type_: EventType,
+        session_id: str,
+        at: str,
+        *,
+        user_id: str | None = None,
+        message_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, str | int]:
+        """The args that have the script add this node's event `type_` (changed `at`);
+        the event is built only when events are on."""
         if self.max_len <= 0:
             return {"outbox_max": 0, "event_json": ""}
-        return {"outbox_max": self.max_len, "event_json": event(self.node_id).to_json()}
+        event = ChatEvent(
+            type=type_,
+            session_id=session_id,
+            node_id=self.node_id,
+            user_id=user_id,
+            message_id=message_id,
+            at=at,
+            data=data or {},
+        )
+        return {"outbox_max": self.max_len, "event_json": event.to_json()}
 
 
 @dataclass(frozen=True, slots=True)

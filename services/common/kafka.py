@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.common.errors import StorageError
 from services.common.event_outbox import EVENT_FIELD, EventOutbox, OutboxEntry
 from services.common.settings import Settings
+from services.common.tasks import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class EventDrainer:
                     await self.drain_once()
                     redis_backoff = BACKOFF_S
                 except StorageError as exc:
+                    raise_if_cancelling()
                     # Redis may have lost the group with its data: create it again, and
                     # look at this consumer's pending entries first.
                     self._group_ready = False

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from services.common.clock import now_iso, now_ms
 from services.common.errors import storage_op
 from services.common.event_outbox import OutboxWriter, outbox_max
-from services.common.events import ChatEvent, EventType
+from services.common.events import EventType
 from services.common.keys import DONE_ENTRY_ID, Keys, chunk_entry_id
 from services.common.lease import Leases
 from services.common.protocol import (
@@ -243,15 +243,12 @@ class MessageStore:
                 "now_ms": now_ms(),
                 "answer_horizon_ms": self._limits.answer_horizon_ms,
                 **self._events.script_args(
-                    lambda node_id: ChatEvent(
-                        type=EventType.MESSAGE_ACCEPTED,
-                        session_id=session_id,
-                        user_id=user_id,
-                        node_id=node_id,
-                        message_id=mid,
-                        at=created,
-                        data=event_data,
-                    )
+                    EventType.MESSAGE_ACCEPTED,
+                    session_id,
+                    created,
+                    user_id=user_id,
+                    message_id=mid,
+                    data=event_data,
                 ),
             },
             rest=_pairs(meta),
@@ -389,14 +386,11 @@ class MessageStore:
                 "now_iso": finished_at,
                 "session_ttl_s": self._session_ttl,
                 **self._events.script_args(
-                    lambda node_id: ChatEvent(
-                        type=EventType.MESSAGE_COMPLETED,
-                        session_id=session_id,
-                        node_id=node_id,
-                        message_id=message_id,
-                        at=finished_at,
-                        data={"finish_reason": reason.value, "usage": usage.model_dump()},
-                    )
+                    EventType.MESSAGE_COMPLETED,
+                    session_id,
+                    finished_at,
+                    message_id=message_id,
+                    data={"finish_reason": reason.value, "usage": usage.model_dump()},
                 ),
             },
             rest=_pairs(fields),

@@ -10,12 +10,20 @@ order (several to a line), and may take the rest of ARGV as one table:
 `LuaScript` reads those names from the file, and a call passes keys and args by the
 same names: a missing, extra or misspelt name raises before anything reaches Redis,
 so a call site and its script cannot drift apart silently.
+
+Scripts cannot call each other, so code they share lives in `lua/lib/` and a script
+takes it in with a line of its own after its bindings:
+
+    -- #include outbox
+
+which is replaced, when the script is loaded, by the text of `lua/lib/outbox.lua`
+(a library defines local functions and uses no KEYS/ARGV: its callers pass them).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -28,12 +36,50 @@ from services.common.errors import StorageError
 _BINDING = re.compile(r"^local ([\w, ]+) = ((?:KEYS|ARGV)\[\d+\](?:, (?:KEYS|ARGV)\[\d+\])*)\s*$")
 _SLOT = re.compile(r"(KEYS|ARGV)\[(\d+)\]")
 _REST = re.compile(r"^local (\w+) = \{unpack\(ARGV, (\d+)\)\}\s*$")
+_INCLUDE = re.compile(r"^--\s*#include\s+(\S+)\s*$")
+_LUA = resources.files("services.common.lua")
 
 Scalar = str | int | float
 
 
 class ScriptSignatureError(ValueError):
     """A script's header is malformed, or a call's names do not match it."""
+
+
+class ScriptIncludeError(ValueError):
+    """A script includes a library that does not exist, or includes one out of place."""
+
+
+def read_lib(lib: str) -> str | None:
+    """The text of `lua/lib/<lib>.lua`, or None if there is no such library."""
+    path = _LUA.joinpath("lib").joinpath(f"{lib}.lua")
+    return path.read_text() if re.fullmatch(r"\w+", lib) and path.is_file() else None
+
+
+def expand_includes(name: str, source: str, read: Callable[[str], str | None] = read_lib) -> str:
+    """Replace each `-- #include <lib>` line by the library's text (`read(lib)`).
+
+    An include must follow every KEYS/ARGV binding, and a library includes no other."""
+    lines: list[str] = []
+    included: str | None = None
+    for line in source.splitlines(keepends=True):
+        if m := _INCLUDE.match(line):
+            included = m[1]
+            text = read(included)
+            if text is None:
+                raise ScriptIncludeError(
+                    f"{name}.lua: unknown include {included!r} (no lua/lib/{included}.lua)"
+                )
+            if any(_INCLUDE.match(t) for t in text.splitlines()):
+                raise ScriptIncludeError(f"{name}.lua: {included!r} includes another library")
+            lines.append(text if text.endswith("\n") else text + "\n")
+        elif included is not None and (_BINDING.match(line) or _REST.match(line)):
+            raise ScriptIncludeError(
+                f"{name}.lua: a binding follows the include of {included!r}: {line.strip()}"
+            )
+        else:
+            lines.append(line)
+    return "".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +124,12 @@ def parse_signature(name: str, source: str) -> Signature:
 
 
 class LuaScript:
-    """One script of `services/common/lua`, loaded with importlib.resources."""
+    """One script of `services/common/lua`, loaded with importlib.resources, its
+    includes expanded."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = resources.files("services.common.lua").joinpath(f"{name}.lua").read_text()
+        self.source = expand_includes(name, _LUA.joinpath(f"{name}.lua").read_text())
         self.signature = parse_signature(name, self.source)
 
     def bind(self, redis: Redis) -> BoundScript:

@@ -18,6 +18,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation a library swallowed: redis-py can turn a cancel that lands
+    in a read into a connection error, and a retry loop that caught it would then run
+    on after its task was cancelled (hanging the shutdown that waits for it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel the tasks and wait for them to end; their errors are logged and dropped.
 

@@ -17,13 +17,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from services.common.errors import StorageError
 from services.common.keys import seq_of_entry_id
 from services.common.message_store import MessageStore
 from services.common.streams import ChunkEntry, StreamEntry
+from services.common.tasks import raise_if_cancelling
 from services.ws_gateway.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -59,20 +60,15 @@ class Suspect:
     deadline: float
 
 
+@dataclass(eq=False)
 class StateAudit:
-    def __init__(
-        self,
-        hub: Hub,
-        store: MessageStore,
-        grace_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._hub = hub
-        self._store = store
-        self._grace = grace_s
-        self._clock = clock
-        self._suspects: dict[str, Suspect] = {}
-        self._woken = asyncio.Event()
+    hub: Hub
+    store: MessageStore
+    grace_s: float
+    """How long a suspect may wait for a worker to repair it."""
+    clock: Callable[[], float] = time.monotonic
+    _suspects: dict[str, Suspect] = field(default_factory=dict, init=False)
+    _woken: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
     def suspects(self) -> int:
@@ -81,8 +77,8 @@ class StateAudit:
     def storage_reconnected(self) -> None:
         """Redis failed and answers again: every followed stream with entries shown is
         suspect until confirmed."""
-        deadline = self._clock() + self._grace
-        for stream in self._hub.to_read():
+        deadline = self.clock() + self.grace_s
+        for stream in self.hub.to_read():
             if stream.position == "0-0":
                 continue  # nothing shown yet; a missing record is caught by the stall check
             seq = seq_of_entry_id(stream.position)
@@ -105,15 +101,16 @@ class StateAudit:
                     await asyncio.sleep(CHECK_EVERY_S)
 
     async def check_once(self) -> None:
-        now = self._clock()
+        now = self.clock()
         for message_id, suspect in list(self._suspects.items()):
-            if self._hub.get(message_id) is None:
+            if self.hub.get(message_id) is None:
                 del self._suspects[message_id]  # nobody follows it any more
                 continue
             try:
-                meta = await self._store.meta(message_id)
-                page = await self._store.read_entries(message_id, suspect.seq - 1, count=1)
+                meta = await self.store.meta(message_id)
+                page = await self.store.read_entries(message_id, suspect.seq - 1, count=1)
             except (StorageError, ValueError) as exc:
+                raise_if_cancelling()
                 log.warning("audit read failed", extra={"detail": str(exc)})
                 continue
             found = page[0] if page and _seq(page[0]) == suspect.seq else None
@@ -128,7 +125,7 @@ class StateAudit:
             del self._suspects[message_id]
             if decision == Verdict.LOSE:
                 log.error("answer state lost in storage", extra={"message_id": message_id})
-                self._hub.lose(message_id)
+                self.hub.lose(message_id)
 
 
 def _seq(entry: StreamEntry) -> int | None:

@@ -36,7 +36,7 @@ from services.common.logging import message_id_var, session_id_var
 from services.common.message_store import FinishOutcome, MessageStore
 from services.common.protocol import ErrorCode, FinishReason, MessageStatus, Usage
 from services.common.streams import ChunkEntry
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancelling
 from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 
@@ -142,6 +142,7 @@ class Driver:
                         continue
                     await self.adopt_if_orphaned(message_id)
                 except StorageError as exc:
+                    raise_if_cancelling()
                     log.warning("stall check failed", extra={"detail": str(exc)})
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StorageError
 from services.common.keys import Keys
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Notifier:
                 await pubsub.subscribe(self._invalidate, *channels)
                 await self._serve(pubsub)
             except RedisError as exc:
+                raise_if_cancelling()
                 log.warning("notifier connection lost", extra={"detail": str(exc)})
                 await asyncio.sleep(RECONNECT_S)
             finally:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from services.common.errors import StorageError
 from services.common.keys import Keys
 from services.common.streams import StreamEntry, decode_entry
+from services.common.tasks import raise_if_cancelling
 from services.ws_gateway.hub import FollowedStream, Hub, Member
 from services.ws_gateway.metrics import GatewayMetrics
 
@@ -78,6 +79,7 @@ class Relay:
         backoff = 0.1
         failed = False
         while True:
+            raise_if_cancelling()
             try:
                 if failed:
                     await self._br.ping()
@@ -88,6 +90,7 @@ class Relay:
                 await self.read_once()
                 backoff = 0.1
             except RedisError as exc:
+                raise_if_cancelling()
                 failed = True
                 log.warning("relay read failed", extra={"detail": str(exc)})
                 await asyncio.sleep(backoff)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from services.common.clock import now_iso
 from services.common.errors import storage_op
 from services.common.event_outbox import OutboxWriter, outbox_max
-from services.common.events import ChatEvent, EventType
+from services.common.events import EventType
 from services.common.keys import Keys
 from services.common.scripts import SESSION_OPEN
 from services.common.settings import Settings
@@ -100,13 +100,7 @@ class SessionStore:
                 "session_id": session_id,
                 # Written only if the script creates the session.
                 **self._events.script_args(
-                    lambda node_id: ChatEvent(
-                        type=EventType.SESSION_OPENED,
-                        session_id=session_id,
-                        user_id=user_id,
-                        node_id=node_id,
-                        at=now,
-                    )
+                    EventType.SESSION_OPENED, session_id, now, user_id=user_id
                 ),
             },
         )

@@ -10,9 +10,8 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -21,6 +20,7 @@ from deploy.cluster import Cluster
 from deploy.spec import ClusterSpec
 from tests.chat_client import Answer, ChatClient, Frame
 from tests.conftest import ClusterHandle, StartCluster
+from tests.integration.redis_helpers import eventually
 from tests.node_probes import metric
 
 pytestmark = pytest.mark.e2e
@@ -162,18 +162,6 @@ async def chatter(
         await client.follow_resilient(answer, timeout=60)
         tally.answers.append((answer, await client.history_text(answer.message_id)))
     await client.close()
-
-
-async def eventually(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll without blocking the event loop the clients run on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class Workload:

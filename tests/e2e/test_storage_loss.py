@@ -8,11 +8,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.chat_client import Answer, ChatClient
+from tests.conftest import ClusterHandle
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +33,15 @@ def storage_cluster(cluster_factory):  # type: ignore[no-untyped-def]
     return cluster_factory(gateways=2, workers=2, extra_env=ENV)
 
 
+@dataclass
 class Timed:
     """A client's answer, with the longest gap between frames it received."""
 
-    def __init__(self, client: ChatClient, answer: Answer, session: str, user: str) -> None:
-        self.client = client
-        self.answer = answer
-        self.session = session
-        self.user = user
-        self.longest_silence = 0.0
+    client: ChatClient
+    answer: Answer
+    session: str
+    user: str
+    longest_silence: float = 0.0
 
     async def follow(self) -> None:
         last = time.monotonic()
@@ -51,6 +53,17 @@ class Timed:
             if len(answer.seqs) + len(answer.errors) > frames or answer.done is not None:
                 self.longest_silence = max(self.longest_silence, now - last)
                 last = now
+
+    async def kept_text(self, cluster: ClusterHandle) -> str:
+        """The text of the last message the session's history kept, read over a
+        connection of its own."""
+        check = ChatClient(cluster.ws_url(self.session, user_id=self.user))
+        await check.connect()
+        await check.send({"type": "history"})
+        history = await check.recv_until(lambda f: f["type"] == "history")
+        await check.close()
+        text: str = history["messages"][-1]["text"]
+        return text
 
 
 async def start_answers(cluster, tag: str) -> list[Timed]:  # type: ignore[no-untyped-def]
@@ -126,11 +139,6 @@ async def test_redis_kill9_mid_stream_ends_every_answer(storage_cluster) -> None
     # What a client assembled of a completed answer is what history kept.
     for run in runs:
         if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
-            check = ChatClient(storage_cluster.ws_url(run.session, user_id=run.user))
-            await check.connect()
-            await check.send({"type": "history"})
-            history = await check.recv_until(lambda f: f["type"] == "history")
-            await check.close()
-            assert history["messages"][-1]["text"] == run.answer.text
+            assert await run.kept_text(storage_cluster) == run.answer.text
     print(f"\nredis kill -9 mid-stream: {completed} answers completed, {lost} told state_lost")
     storage_cluster.wait_healthy("redis", timeout=30)

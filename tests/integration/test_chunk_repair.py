@@ -25,7 +25,7 @@ from services.common.keys import Keys
 from services.common.message_store import MessageStore
 from services.common.protocol import ErrorCode, FinishReason, MessageStatus
 from services.common.settings import Settings
-from tests.integration.redis_helpers import eventually
+from tests.integration.redis_helpers import eventually, make_message_store
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +115,7 @@ class Answer:
 
 @pytest.fixture
 async def answer(redis: Redis, keys: Keys) -> Answer:
-    store = MessageStore(
-        redis, keys, stream_ttl=600, meta_ttl=3600, history_max=50, lease_ttl_ms=30_000
-    )
+    store = make_message_store(redis, keys)
     _, message_id = await store.accept_chat(SESSION, "u1", "hello", "c1")
     return Answer(redis, keys, store, message_id)
 

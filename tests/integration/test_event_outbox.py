@@ -30,7 +30,12 @@ from services.common.protocol import FinishReason, Usage
 from services.common.settings import Settings
 from services.ws_gateway.sessions import Forbidden, SessionStore
 from tests.integration.conftest import MakeRedis
-from tests.integration.redis_helpers import unreachable_redis
+from tests.integration.redis_helpers import (
+    finish,
+    make_message_store,
+    make_session_store,
+    unreachable_redis,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,23 +44,11 @@ EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def message_store(redis: Redis, keys: Keys, max_len: int = 100) -> MessageStore:
-    return MessageStore(
-        redis,
-        keys,
-        stream_ttl=600,
-        meta_ttl=3600,
-        history_max=50,
-        lease_ttl_ms=30_000,
-        session_ttl=7200,
-        node_id=NODE,
-        outbox_max=max_len,
-    )
+    return make_message_store(redis, keys, session_ttl=7200, node_id=NODE, outbox_max=max_len)
 
 
 def session_store(redis: Redis, keys: Keys, max_len: int = 100) -> SessionStore:
-    return SessionStore(
-        redis, keys, session_ttl=7200, l1_max=100, l1_ttl=60.0, node_id=NODE, outbox_max=max_len
-    )
+    return make_session_store(redis, keys, 7200, node_id=NODE, outbox_max=max_len)
 
 
 async def outbox(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -69,18 +62,16 @@ async def dropped(redis: Redis, keys: Keys) -> int:
     return int(await redis.get(keys.events_outbox_dropped()) or 0)
 
 
-async def finish(
-    store: MessageStore, mid: str, token: str, last_seq: int, session_id: str = "s1"
-) -> FinishOutcome:
-    return await store.finish(
-        mid,
-        session_id,
-        token=token,
-        last_seq=last_seq,
-        text="answer",
-        reason=FinishReason.STOP,
-        usage=Usage(prompt_tokens=3, completion_tokens=last_seq),
-    )
+def unstamped(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(when, the rest) of an event, once its event id is checked."""
+    rest = dict(event)
+    assert EVENT_ID.match(rest.pop("event_id"))
+    return rest.pop("at"), rest
+
+
+def of_s1(type_: str, **fields: Any) -> dict[str, Any]:
+    """An event of session s1 by NODE, without its id and time."""
+    return {"type": type_, "session_id": "s1", "node_id": NODE, **fields}
 
 
 # --- accept ----------------------------------------------------------------------------
@@ -93,16 +84,14 @@ async def test_a_new_chat_writes_one_message_accepted_event(redis: Redis, keys: 
 
     assert outcome is AcceptOutcome.NEW
     (event,) = await outbox(redis, keys)
-    assert EVENT_ID.match(event.pop("event_id"))
-    assert event.pop("at")
-    assert event == {
-        "type": "message.accepted",
-        "session_id": "s1",
-        "user_id": "u1",
-        "node_id": NODE,
-        "message_id": mid,
-        "data": {"client_msg_id": "c1", "chars": 5},
-    }
+    at, rest = unstamped(event)
+    assert at
+    assert rest == of_s1(
+        "message.accepted",
+        user_id="u1",
+        message_id=mid,
+        data={"client_msg_id": "c1", "chars": 5},
+    )
 
 
 async def test_a_duplicate_busy_or_refused_chat_writes_no_event(redis: Redis, keys: Keys) -> None:
@@ -143,15 +132,9 @@ async def test_creating_a_session_writes_one_session_opened_event(redis: Redis, 
         await session_store(redis, keys).open("s1", "u2")
 
     (event,) = await outbox(redis, keys)
-    assert EVENT_ID.match(event.pop("event_id"))
-    assert event.pop("at")
-    assert event == {
-        "type": "session.opened",
-        "session_id": "s1",
-        "user_id": "u1",
-        "node_id": NODE,
-        "data": {},
-    }
+    at, rest = unstamped(event)
+    assert at
+    assert rest == of_s1("session.opened", user_id="u1", data={})
 
 
 # --- finish ----------------------------------------------------------------------------
@@ -166,23 +149,22 @@ async def test_only_an_ok_finish_writes_message_completed(redis: Redis, keys: Ke
         AppendOutcome.OK
     )
 
-    assert await finish(store, mid, "someone-else", 1) is FinishOutcome.LOST
-    assert await finish(store, mid, "", 1) is FinishOutcome.LEASED
-    assert await finish(store, mid, lease.token, 1) is FinishOutcome.OK
-    assert await finish(store, mid, lease.token, 1) is FinishOutcome.ALREADY_DONE
-    assert await finish(store, "m_expired", "", 0) is FinishOutcome.GONE
+    usage = Usage(prompt_tokens=3, completion_tokens=1)
+    assert await finish(store, mid, token="someone-else", last_seq=1) is FinishOutcome.LOST
+    assert await finish(store, mid, last_seq=1) is FinishOutcome.LEASED
+    assert await finish(store, mid, token=lease.token, last_seq=1, usage=usage) is FinishOutcome.OK
+    assert await finish(store, mid, token=lease.token, last_seq=1) is FinishOutcome.ALREADY_DONE
+    assert await finish(store, "m_expired") is FinishOutcome.GONE
 
     accepted, completed = await outbox(redis, keys)
     assert accepted["type"] == "message.accepted"
-    assert EVENT_ID.match(completed.pop("event_id"))
-    assert completed.pop("at") >= accepted["at"]
-    assert completed == {
-        "type": "message.completed",
-        "session_id": "s1",
-        "node_id": NODE,
-        "message_id": mid,
-        "data": {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
-    }
+    at, rest = unstamped(completed)
+    assert at >= accepted["at"]
+    assert rest == of_s1(
+        "message.completed",
+        message_id=mid,
+        data={"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    )
 
 
 async def test_a_gateway_giving_up_an_answer_writes_message_completed_too(
@@ -192,15 +174,7 @@ async def test_a_gateway_giving_up_an_answer_writes_message_completed_too(
     store = message_store(redis, keys)
     _, mid = await store.accept_chat("s1", "u1", "hello", "c1")
 
-    outcome = await store.finish(
-        mid,
-        "s1",
-        token="",
-        last_seq=0,
-        text="",
-        reason=FinishReason.ERROR,
-        usage=Usage(),
-    )
+    outcome = await finish(store, mid, reason=FinishReason.ERROR)
 
     assert outcome is FinishOutcome.OK
     completed = (await outbox(redis, keys))[-1]
@@ -252,7 +226,7 @@ async def test_the_event_is_written_by_the_script_that_makes_the_change(
     actions: dict[str, Callable[[], Awaitable[object]]] = {
         "open": lambda: sessions.open("s1", "u1"),
         "accept": lambda: store.accept_chat("s1", "u1", "hello", "c1"),
-        "finish": lambda: finish(store, mid, "", 0),
+        "finish": lambda: finish(store, mid),
     }
     before = len(await outbox(redis, keys))
 
@@ -319,7 +293,7 @@ async def test_kafka_disabled_writes_no_event_at_all(redis: Redis, keys: Keys) -
 
     await sessions.open("s1", "u1")
     _, mid = await store.accept_chat("s1", "u1", "hello", "c1")
-    assert await finish(store, mid, "", 0) is FinishOutcome.OK
+    assert await finish(store, mid) is FinishOutcome.OK
 
     assert await redis.exists(keys.events_outbox(), keys.events_outbox_dropped()) == 0
 

@@ -16,13 +16,14 @@ from services.common.message_store import (
     FinishOutcome,
     MessageStore,
 )
-from services.common.protocol import FinishReason, Usage
+from services.common.protocol import FinishReason
 from services.common.streams import StreamEntry
 from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 from services.ws_gateway.relay import WAKE_TTL_S, Relay
 from services.ws_gateway.sessions import Forbidden, SessionStore
 from tests.integration.conftest import MakeRedis
+from tests.integration.redis_helpers import finish, make_message_store, make_session_store
 from tests.redis_keys import keys_without_ttl, kinds, owners_outlived, scan
 
 pytestmark = pytest.mark.integration
@@ -48,27 +49,11 @@ class Member:
 
 
 def stores(redis: Redis, keys: Keys, outbox_max: int = 1_000) -> tuple[SessionStore, MessageStore]:
-    sessions = SessionStore(
-        redis,
-        keys,
-        session_ttl=SESSION_TTL,
-        l1_max=100,
-        l1_ttl=60.0,
-        node_id=NODE,
-        outbox_max=outbox_max,
+    node = {"node_id": NODE, "outbox_max": outbox_max}
+    return (
+        make_session_store(redis, keys, SESSION_TTL, **node),
+        make_message_store(redis, keys, session_ttl=SESSION_TTL, **node),
     )
-    messages = MessageStore(
-        redis,
-        keys,
-        stream_ttl=600,
-        meta_ttl=3600,
-        history_max=50,
-        lease_ttl_ms=30_000,
-        session_ttl=SESSION_TTL,
-        node_id=NODE,
-        outbox_max=outbox_max,
-    )
-    return sessions, messages
 
 
 def relay_of(redis: Redis, make_redis: MakeRedis, keys: Keys) -> Relay:
@@ -76,18 +61,10 @@ def relay_of(redis: Redis, make_redis: MakeRedis, keys: Keys) -> Relay:
     return Relay(redis, blocking, keys, NODE, Hub(), GatewayMetrics(CollectorRegistry()))
 
 
-async def finish(
+async def finish_ok(
     store: MessageStore, mid: str, session_id: str, token: str, last_seq: int, reason: FinishReason
 ) -> None:
-    outcome = await store.finish(
-        mid,
-        session_id,
-        token=token,
-        last_seq=last_seq,
-        text="x" * last_seq,
-        reason=reason,
-        usage=Usage(prompt_tokens=1, completion_tokens=last_seq),
-    )
+    outcome = await finish(store, mid, session_id, token=token, last_seq=last_seq, reason=reason)
     assert outcome is FinishOutcome.OK
 
 
@@ -125,7 +102,7 @@ async def test_a_realistic_workload_leaves_no_key_without_a_ttl(
     assert await generator.renew() and await driver.renew()
     await relay.read_once(block_ms=1_000)
     assert len(follower.entries) == 3
-    await finish(store, m1, "alice-1", generator.token, 3, FinishReason.STOP)
+    await finish_ok(store, m1, "alice-1", generator.token, 3, FinishReason.STOP)
     await driver.release()
 
     # bob-1: cancelled mid-answer; the worker stops and finishes it as cancelled.
@@ -139,7 +116,7 @@ async def test_a_realistic_workload_leaves_no_key_without_a_ttl(
         m2, "bob-1", token=bob_worker.token, seq=2, delta="d", tokens=1
     )
     assert refused is AppendOutcome.CANCELLED
-    await finish(store, m2, "bob-1", bob_worker.token, 1, FinishReason.CANCELLED)
+    await finish_ok(store, m2, "bob-1", bob_worker.token, 1, FinishReason.CANCELLED)
 
     # alice-2: an answer still running (leases held), and one given up by a gateway.
     outcome, m3 = await store.accept_chat("alice-2", "alice", "running", "c1")

@@ -13,7 +13,15 @@ from redis.asyncio import Redis
 
 from services.common import scripts
 from services.common.errors import StorageError
-from services.common.scripts import LuaScript, ScriptSignatureError, Signature, parse_signature
+from services.common.keys import Keys
+from services.common.scripts import (
+    LuaScript,
+    ScriptIncludeError,
+    ScriptSignatureError,
+    Signature,
+    expand_includes,
+    parse_signature,
+)
 from tests.integration.redis_helpers import unreachable_redis
 
 pytestmark = pytest.mark.integration
@@ -170,3 +178,101 @@ def test_parse_signature_reads_one_or_several_bindings_a_line() -> None:
 def test_parse_signature_rejects_a_malformed_header(source: str, message: str) -> None:
     with pytest.raises(ScriptSignatureError, match=message):
         parse_signature("bad", source)
+
+
+# --- includes ----------------------------------------------------------------------------
+
+LUA = resources.files("services.common.lua")
+
+
+def test_libraries_are_not_scripts() -> None:
+    assert LUA.joinpath("lib").joinpath("outbox.lua").is_file()
+    assert "outbox" not in SCRIPT_NAMES
+
+
+@pytest.mark.parametrize("name", ["accept_chat", "finish_message", "session_open"])
+async def test_an_include_is_replaced_by_the_library_after_the_bindings(
+    name: str, redis: Redis
+) -> None:
+    raw = LUA.joinpath(f"{name}.lua").read_text()
+    lib = LUA.joinpath("lib").joinpath("outbox.lua").read_text()
+
+    source = LuaScript(name).source
+
+    assert "-- #include outbox\n" in raw
+    assert not any(line.startswith("-- #include") for line in source.splitlines())
+    assert lib in source
+    lines = source.splitlines()
+    defined = lines.index("local function add_event(outbox, dropped, max, event_json)")
+    last_binding = max(i for i, line in enumerate(lines) if "KEYS[" in line or "ARGV" in line)
+    called = next(i for i, line in enumerate(lines) if "add_event(outbox, outbox_dropped" in line)
+    assert last_binding < defined < called
+    # The header parses as before, and Redis compiles the whole.
+    assert parse_signature(name, raw) == parse_signature(name, source)
+    sha = await redis.script_load(source)
+    assert await redis.script_exists(sha) == [True]
+
+
+async def test_the_outbox_library_adds_up_to_max_events_then_counts_drops(
+    redis: Redis, keys: Keys
+) -> None:
+    source = expand_includes(
+        "outbox_test",
+        "local outbox, dropped = KEYS[1], KEYS[2]\n"
+        "local max, event_json = ARGV[1], ARGV[2]\n"
+        "\n"
+        "-- #include outbox\n"
+        "\n"
+        "add_event(outbox, dropped, max, event_json)\n",
+    )
+    outbox, dropped = keys.events_outbox(), keys.events_outbox_dropped()
+
+    for event in ("e1", "e2", "e3"):
+        await redis.eval(source, 2, outbox, dropped, 2, event)
+    await redis.eval(source, 2, outbox, dropped, 0, "off")
+
+    assert [f["event"] for _, f in await redis.xrange(outbox)] == ["e1", "e2"]
+    assert await redis.get(dropped) == "1"
+
+
+LIBS = {"one": "local function one() return 1 end\n", "nested": "-- #include one\n"}
+
+
+def test_includes_expand_in_place() -> None:
+    source = "local a = KEYS[1]\n-- #include one\nreturn one()\n"
+
+    assert expand_includes("s", source, LIBS.get) == (
+        "local a = KEYS[1]\nlocal function one() return 1 end\nreturn one()\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "local a = KEYS[1]\n-- #include nope\n",
+            r"s.lua: unknown include 'nope' \(no lua/lib/nope.lua\)",
+        ),
+        ("local a = KEYS[1]\n-- #include ../one\n", "unknown include '../one'"),
+        ("-- #include one\nlocal a = KEYS[1]\n", "a binding follows the include of 'one'"),
+        ("local a = ARGV[1]\n-- #include one\nlocal r = {unpack(ARGV, 2)}\n", "a binding follows"),
+        ("local a = KEYS[1]\n-- #include nested\n", "'nested' includes another library"),
+    ],
+    ids=["unknown", "not-a-name", "before-the-bindings", "before-the-rest", "nested"],
+)
+def test_a_bad_include_raises(source: str, message: str) -> None:
+    with pytest.raises(ScriptIncludeError, match=message):
+        expand_includes("s", source, LIBS.get)
+
+
+def test_an_unknown_library_raises_by_default() -> None:
+    with pytest.raises(ScriptIncludeError, match="unknown include 'no_such_lib'"):
+        expand_includes("s", "local a = KEYS[1]\n-- #include no_such_lib\n")
+
+
+def test_a_library_using_keys_or_argv_is_refused_by_the_signature() -> None:
+    source = expand_includes(
+        "s", "local a = KEYS[1]\n-- #include bad\n", {"bad": "redis.call('GET', KEYS[1])\n"}.get
+    )
+    with pytest.raises(ScriptSignatureError, match="KEYS/ARGV used past the bindings"):
+        parse_signature("s", source)

@@ -9,9 +9,14 @@ from redis.asyncio import Redis
 from services.common.errors import StorageError
 from services.common.keys import Keys
 from services.common.message_store import AcceptOutcome, FinishOutcome, MessageStore
-from services.common.protocol import FinishReason, Usage
 from services.ws_gateway.sessions import Forbidden, SessionStore
-from tests.integration.redis_helpers import eventually, unreachable_redis
+from tests.integration.redis_helpers import (
+    eventually,
+    finish,
+    make_message_store,
+    make_session_store,
+    unreachable_redis,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +25,7 @@ OLD = "2000-01-01T00:00:00.000+00:00"
 
 
 def make_store(redis: Redis, keys: Keys) -> SessionStore:
-    return SessionStore(redis, keys, session_ttl=SESSION_TTL, l1_max=100, l1_ttl=60.0)
+    return make_session_store(redis, keys, SESSION_TTL)
 
 
 @pytest.fixture
@@ -129,31 +134,14 @@ def data_keys(keys: Keys, session_id: str = "s1", user_id: str = "u1") -> list[s
 
 
 def message_store(redis: Redis, keys: Keys, session_ttl: int = SESSION_TTL) -> MessageStore:
-    return MessageStore(
-        redis,
-        keys,
-        stream_ttl=600,
-        meta_ttl=600,
-        history_max=50,
-        lease_ttl_ms=30_000,
-        session_ttl=session_ttl,
-    )
+    return make_message_store(redis, keys, meta_ttl=600, session_ttl=session_ttl)
 
 
 async def chat_and_answer(redis: Redis, keys: Keys, session_ttl: int = SESSION_TTL) -> None:
     messages = message_store(redis, keys, session_ttl)
     outcome, mid = await messages.accept_chat("s1", "u1", "secret question", "c1")
     assert outcome is AcceptOutcome.NEW
-    finished = await messages.finish(
-        mid,
-        "s1",
-        token="",
-        last_seq=0,
-        text="secret answer",
-        reason=FinishReason.STOP,
-        usage=Usage(),
-    )
-    assert finished is FinishOutcome.OK
+    assert await finish(messages, mid, text="secret answer") is FinishOutcome.OK
 
 
 async def test_open_by_the_owner_refreshes_the_record_and_all_its_data(
@@ -204,7 +192,7 @@ async def test_an_idle_session_expires_whole_and_its_id_is_free_with_nothing_to_
 ) -> None:
     """Issue 7: the owner record used to expire while history and the message list
     stayed forever; whoever opened the id next became its owner and read them."""
-    sessions = SessionStore(redis, keys, session_ttl=1, l1_max=100, l1_ttl=60.0)
+    sessions = make_session_store(redis, keys, 1)
     await sessions.open("s1", "u1")
     await chat_and_answer(redis, keys, session_ttl=1)
     assert await redis.llen(keys.session_history("s1")) == 2

@@ -23,7 +23,7 @@ from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 from services.ws_gateway.relay import Relay
 from tests.integration.conftest import MakeRedis
-from tests.integration.redis_helpers import eventually
+from tests.integration.redis_helpers import eventually, make_message_store
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +84,7 @@ async def node(make_redis: MakeRedis, keys: Keys) -> AsyncIterator[Node]:
     redis = make_redis()
     # Like the deploy's blocking client: no retries of its own, so a drop is seen.
     blocking = make_redis(client_name="relay-under-test", retry=Retry(NoBackoff(), 0))
-    store = MessageStore(
-        redis, keys, stream_ttl=600, meta_ttl=3600, history_max=50, lease_ttl_ms=60_000
-    )
+    store = make_message_store(redis, keys, lease_ttl_ms=60_000)
     hub = Hub()
     audit = StateAudit(hub, store, grace_s=GRACE_S)
     metrics = GatewayMetrics(CollectorRegistry())

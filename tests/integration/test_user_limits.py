@@ -10,38 +10,24 @@ from redis.asyncio import Redis
 from services.common.keys import Keys
 from services.common.message_store import (
     AcceptOutcome,
+    FinishOutcome,
     MessageStore,
     UserLimited,
     UserLimits,
 )
-from services.common.protocol import FinishReason, Usage
+from tests.integration.redis_helpers import finish, make_message_store
 
 pytestmark = pytest.mark.integration
 
 
 def store_with(redis: Redis, keys: Keys, limits: UserLimits) -> MessageStore:
-    return MessageStore(
-        redis,
-        keys,
-        stream_ttl=600,
-        meta_ttl=3600,
-        history_max=50,
-        lease_ttl_ms=30_000,
-        limits=limits,
-    )
+    return make_message_store(redis, keys, limits=limits)
 
 
 async def new_answer(store: MessageStore, session: str, user: str = "u1") -> str:
     outcome, mid = await store.accept_chat(session, user, "hello", None)
     assert outcome is AcceptOutcome.NEW
     return mid
-
-
-async def finish(store: MessageStore, session: str, mid: str) -> None:
-    outcome = await store.finish(
-        mid, session, token="", last_seq=0, text="", reason=FinishReason.STOP, usage=Usage()
-    )
-    assert outcome == "ok"
 
 
 async def test_answers_in_progress_are_limited_per_user_across_sessions(
@@ -58,7 +44,7 @@ async def test_answers_in_progress_are_limited_per_user_across_sessions(
     assert sorted(await redis.keys(f"{keys.prefix}*")) == keys_before
     await new_answer(store, "s9", user="u2")
     # A finished answer stops counting.
-    await finish(store, "s1", first)
+    assert await finish(store, first, "s1") is FinishOutcome.OK
     await new_answer(store, "s3")
 
 
@@ -91,4 +77,5 @@ async def test_an_answer_that_never_finished_stops_counting_after_the_horizon(
     # Its worker and gateway died: after the horizon the user may chat again.
     outcome, _ = await store.accept_chat("s2", "u1", "hello", None)
     assert outcome is AcceptOutcome.NEW
-    assert 0 < await redis.pttl(keys.user_answers("u1")) <= 1
+    # The set lives no longer than its newest member counts (-2: already gone).
+    assert await redis.pttl(keys.user_answers("u1")) <= 1

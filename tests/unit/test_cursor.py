@@ -6,23 +6,11 @@ import random
 
 import pytest
 
-from services.common.protocol import FinishReason, Usage
-from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
+from services.common.streams import ChunkEntry, StreamEntry
 from services.ws_gateway.cursor import GapError, StreamCursor
+from tests.stream_entries import chunk, chunks, done
 
 pytestmark = pytest.mark.unit
-
-
-def chunk(seq: int) -> ChunkEntry:
-    return ChunkEntry(seq=seq, delta=f"d{seq}", written_ms=0)
-
-
-def chunks(first: int, last: int) -> list[StreamEntry]:
-    return [chunk(s) for s in range(first, last + 1)]
-
-
-def done(last_seq: int) -> DoneEntry:
-    return DoneEntry(last_seq=last_seq, finish_reason=FinishReason.STOP, usage=Usage())
 
 
 def seqs(entries: list[StreamEntry]) -> list[int | str]:

@@ -29,7 +29,7 @@ from deploy.rollout import (
 )
 from deploy.spec import ClusterSpec
 from deploy.supervisor import Binaries, build_processes, render_conf
-from nginx.render import local_layout, render
+from tests.nginx_confs import local_conf
 
 pytestmark = pytest.mark.unit
 
@@ -39,18 +39,7 @@ SECRET = "3f1c" * 16
 
 
 def _conf(tmp_path: Path, down: set[str], gateways: int = 3, workers: int = 2) -> str:
-    return render(
-        local_layout(
-            tmp_path,
-            gateway_ports=range(9001, 9001 + gateways),
-            worker_ports=range(9101, 9101 + workers),
-            public_port=9080,
-            internal_port=9081,
-            status_port=9090,
-            frontend_port=9300,
-            down=down,
-        )
-    )
+    return local_conf(tmp_path, gateways, workers, down=down)
 
 
 def _server_lines(conf: str) -> dict[str, str]:

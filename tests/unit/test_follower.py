@@ -8,34 +8,15 @@ import random
 import pytest
 from pydantic import BaseModel
 
-from services.common.protocol import (
-    ChunkFrame,
-    DoneFrame,
-    ErrorCode,
-    ErrorFrame,
-    FinishReason,
-    Usage,
-)
-from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
+from services.common.protocol import ChunkFrame, DoneFrame, ErrorCode, ErrorFrame
+from services.common.streams import StreamEntry
 from services.ws_gateway.cursor import GapError
 from services.ws_gateway.follower import NO_WORKER_MESSAGE, Follower, SeenMessages, Step
+from tests.stream_entries import chunk, chunks, done
 
 pytestmark = pytest.mark.unit
 
 MID = "m_1"
-
-
-def chunk(seq: int, delta: str | None = None) -> ChunkEntry:
-    return ChunkEntry(seq=seq, delta=f"d{seq}" if delta is None else delta, written_ms=0)
-
-
-def chunks(first: int, last: int) -> list[StreamEntry]:
-    return [chunk(s) for s in range(first, last + 1)]
-
-
-def done(last_seq: int, error: ErrorCode | None = None) -> DoneEntry:
-    usage = Usage(prompt_tokens=2, completion_tokens=last_seq)
-    return DoneEntry(last_seq=last_seq, finish_reason=FinishReason.STOP, usage=usage, error=error)
 
 
 def kinds(frames: list[BaseModel]) -> list[int | str]:
@@ -176,13 +157,11 @@ def test_live_done_beyond_the_cursor_turns_back_to_catching_up() -> None:
 def test_done_from_a_page_emits_done_and_finishes() -> None:
     follower = Follower(MID)
     follower.start()
-    step = follower.on_page([*chunks(1, 2), done(2)])
+    final = done(2)
+    step = follower.on_page([*chunks(1, 2), final])
     assert kinds(step.frames) == [1, 2, "done"]
     assert step.frames[-1] == DoneFrame(
-        message_id=MID,
-        last_seq=2,
-        finish_reason=FinishReason.STOP,
-        usage=Usage(prompt_tokens=2, completion_tokens=2),
+        message_id=MID, last_seq=2, finish_reason=final.finish_reason, usage=final.usage
     )
     assert [c.seq for c in step.chunks] == [1, 2]
     assert step.finished

@@ -11,9 +11,9 @@ from nginx.render import (
     COMPOSE_CONF,
     NginxLayout,
     compose_layout,
-    local_layout,
     render,
 )
+from tests.nginx_confs import local_conf
 
 pytestmark = pytest.mark.unit
 
@@ -21,19 +21,7 @@ pytestmark = pytest.mark.unit
 def _local(
     tmp_path: Path, gateways: int = 3, workers: int = 3, sticky: str = "ip_hash", **kw: str
 ) -> str:
-    return render(
-        local_layout(
-            tmp_path,
-            gateway_ports=range(9001, 9001 + gateways),
-            worker_ports=range(9101, 9101 + workers),
-            public_port=9080,
-            internal_port=9081,
-            status_port=9090,
-            frontend_port=9300,
-            sticky=sticky,
-            **kw,
-        )
-    )
+    return local_conf(tmp_path, gateways, workers, sticky=sticky, **kw)
 
 
 def _block(conf: str, header: str) -> str:

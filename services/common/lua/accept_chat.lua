@@ -23,6 +23,8 @@ local outbox_max, event_json, chats_per_minute, max_answers = ARGV[12], ARGV[13]
 local now_ms, answer_horizon_ms = ARGV[16], ARGV[17]
 local meta_fields = {unpack(ARGV, 18)}
 
+-- #include outbox
+
 local owner = redis.call('HGET', session, 'owner')
 if owner and owner ~= user_id then return {'forbidden', ''} end
 local existing = redis.call('GET', client_msg)
@@ -56,11 +58,5 @@ redis.call('SADD', user_sessions, session_id)
 for _, key in ipairs({session, user_sessions, history, session_messages}) do
   redis.call('EXPIRE', key, session_ttl_s)
 end
-if tonumber(outbox_max) > 0 then
-  if redis.call('XLEN', outbox) < tonumber(outbox_max) then
-    redis.call('XADD', outbox, '*', 'event', event_json)
-  else
-    redis.call('INCR', outbox_dropped)
-  end
-end
+add_event(outbox, outbox_dropped, outbox_max, event_json)
 return {'new', message_id}

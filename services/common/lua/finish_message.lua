@@ -21,6 +21,8 @@ local history_max, last_seq, finish_reason, done_entry_id = ARGV[5], ARGV[6], AR
 local now_iso, session_ttl_s, outbox_max, event_json = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local done_fields = {unpack(ARGV, 13)}
 
+-- #include outbox
+
 local holder = redis.call('GET', lease)
 if token == '' then
   if holder then return 'leased' end
@@ -48,11 +50,5 @@ if author and redis.call('HGET', session, 'owner') == author then
   end
 end
 if token ~= '' then redis.call('DEL', lease) end
-if tonumber(outbox_max) > 0 then
-  if redis.call('XLEN', outbox) < tonumber(outbox_max) then
-    redis.call('XADD', outbox, '*', 'event', event_json)
-  else
-    redis.call('INCR', outbox_dropped)
-  end
-end
+add_event(outbox, outbox_dropped, outbox_max, event_json)
 return 'ok'

@@ -11,6 +11,8 @@ local outbox, outbox_dropped = KEYS[5], KEYS[6]
 local user_id, now_iso, ttl_s, session_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local outbox_max, event_json = ARGV[5], ARGV[6]
 
+-- #include outbox
+
 local owner = redis.call('HGET', session, 'owner')
 local created = 0
 if not owner then
@@ -26,11 +28,5 @@ redis.call('SADD', user_sessions, session_id)
 for _, key in ipairs({session, user_sessions, history, session_messages}) do
   redis.call('EXPIRE', key, ttl_s)
 end
-if created == 1 and tonumber(outbox_max) > 0 then
-  if redis.call('XLEN', outbox) < tonumber(outbox_max) then
-    redis.call('XADD', outbox, '*', 'event', event_json)
-  else
-    redis.call('INCR', outbox_dropped)
-  end
-end
+if created == 1 then add_event(outbox, outbox_dropped, outbox_max, event_json) end
 return {owner, redis.call('HGET', session, 'created_at') or '', created}
