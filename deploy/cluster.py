@@ -20,7 +20,14 @@ from deploy.prereqs import ensure_binaries
 from deploy.probes import ProbeResult, http_get, port_open, probe
 from deploy.rollout import ReloadError, changed_programs, reload_nginx, restart_plan, union_spec
 from deploy.spec import CHECKOUT, ClusterSpec, Process, write_private
-from deploy.supervisor import Binaries, Supervisor, build_processes, pid_alive, render_conf
+from deploy.supervisor import (
+    Binaries,
+    Supervisor,
+    build_processes,
+    ha_configs,
+    pid_alive,
+    render_conf,
+)
 from deploy.tokens import SecretError, resolve_secret
 from nginx.render import local_layout, nginx_command, write_local
 
@@ -156,7 +163,7 @@ class Cluster:
             )
         except SecretError as exc:
             raise DeployError(str(exc)) from exc
-        bins = ensure_binaries()
+        bins = ensure_binaries(sentinel=spec.ha)
         self._procs = build_processes(spec, bins, secret)
         procs = self._procs
         self._render(procs)
@@ -176,8 +183,9 @@ class Cluster:
 
     def _render(self, procs: list[Process]) -> None:
         spec = self.spec
-        for sub in ("logs/previous", "redis"):
+        for sub in ("logs/previous", *spec.redis_data_names, *spec.sentinel_names):
             (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._render_ha()
         # Keep the last run's logs apart, so that a failure tail shows only this run.
         for old in (spec.run_dir / "logs" / "previous").iterdir():
             old.unlink()
@@ -189,6 +197,21 @@ class Cluster:
         # It holds every node's environment, JWT_SECRET included: owner only.
         write_private(self.supervisor.paths["conf"], render_conf(spec, procs))
         spec.save()
+
+    def _render_ha(self) -> None:
+        """REDIS_HA=sentinel: write each Redis and Sentinel config, unless the file is
+        there for the same topology (its first line): Sentinel rewrote it after a
+        failover, and it must go on from who is primary now."""
+        for path, text in ha_configs(self.spec).items():
+            marker = text.partition("\n")[0]
+            try:
+                current = path.read_text().partition("\n")[0]
+            except OSError:
+                current = ""
+            if current == marker:
+                self._out(f"keeping {path} (it may name another primary after a failover)")
+            else:
+                write_private(path, text, mode=0o640)
 
     def _create_logs(self, names: Iterable[str]) -> None:
         # New logs are created 0640 by supervisord's umask (LOG_UMASK) and nginx's
@@ -346,8 +369,14 @@ class Cluster:
         parallel rather than one after another as supervisor's own shutdown would),
         then the stores they drain into."""
         spec = self.spec
-        phases = [["nginx"], spec.gateway_names + spec.worker_names, ["redis", "kafka"]]
-        for names in phases:
+        # The Sentinels before the data nodes, so stopping a primary starts no failover.
+        phases = [
+            ["nginx"],
+            spec.gateway_names + spec.worker_names,
+            spec.sentinel_names,
+            [*spec.redis_data_names, "kafka"],
+        ]
+        for names in filter(None, phases):
             self._out(f"stopping {', '.join(names)}")
             for name in names:
                 self.supervisor.stop_process(name)
@@ -497,7 +526,7 @@ class Cluster:
         except SecretError as exc:
             raise DeployError(str(exc)) from exc
         conf_path = self.supervisor.paths["conf"]
-        conf = render_conf(spec, build_processes(spec, ensure_binaries(), secret))
+        conf = render_conf(spec, build_processes(spec, ensure_binaries(spec.ha), secret))
         changed = changed_programs(conf_path.read_text(), conf)
         if changed:
             # Supervisor would keep them running as they are, so the new nodes would

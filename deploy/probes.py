@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from deploy.spec import Process
+from deploy.spec import SENTINEL_MASTER, Process
 
 HOST = "127.0.0.1"
 
@@ -36,6 +36,27 @@ def redis_ping(port: int, timeout: float = 1.0) -> ProbeResult:
     except OSError as exc:
         return ProbeResult(False, str(exc))
     return ProbeResult(reply.startswith(b"+PONG"), reply.decode(errors="replace").strip())
+
+
+def sentinel_master(port: int, timeout: float = 1.0) -> ProbeResult:
+    """The Sentinel answers and names a primary for SENTINEL_MASTER (detail: its address)."""
+    command = f"SENTINEL get-master-addr-by-name {SENTINEL_MASTER}\r\n".encode()
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(command)
+            reply = b""
+            # *2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n, or *-1 / -ERR: one small reply.
+            while reply.count(b"\r\n") < 5 and not reply.startswith((b"-", b"*-1")):
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError as exc:
+        return ProbeResult(False, str(exc))
+    parts = reply.split(b"\r\n")
+    if not reply.startswith(b"*2") or len(parts) < 5:
+        return ProbeResult(False, reply.decode(errors="replace").strip()[:200])
+    return ProbeResult(True, f"primary {parts[2].decode()}:{parts[4].decode()}")
 
 
 def kafka_api_versions(port: int, timeout: float = 1.0) -> ProbeResult:
@@ -79,6 +100,8 @@ def probe(proc: Process) -> ProbeResult:
     """Is this process healthy right now?"""
     if proc.probe == "redis":
         return redis_ping(proc.port)
+    if proc.probe == "sentinel":
+        return sentinel_master(proc.port)
     if proc.probe == "kafka":
         return kafka_api_versions(proc.port)
     host = f"[{proc.host}]" if ":" in proc.host else proc.host

@@ -18,7 +18,12 @@ from nginx.render import DEFAULT_PUBLIC_BIND, listen_address
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = CHECKOUT / "run"
 
-ProbeKind = Literal["redis", "kafka", "http"]
+ProbeKind = Literal["redis", "sentinel", "kafka", "http"]
+RedisHA = Literal["none", "sentinel"]
+SENTINEL_MASTER = "chat"
+"""The name the deploy's Sentinels monitor the primary under (REDIS_SENTINEL_MASTER)."""
+DEFAULT_REPLICA_PORT = 6380
+DEFAULT_SENTINEL_PORTS = (26379, 26380, 26381)
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
 _BOOLS |= {"no": False, "off": False}
 # The names in all_ports() of the listeners that bind PUBLIC_BIND.
@@ -32,6 +37,7 @@ PORT_ENV = {
     "STATUS_PORT": "status_port",
     "FRONTEND_PORT": "frontend_port",
     "INTERNAL_PORT": "internal_port",
+    "REDIS_REPLICA_PORT": "redis_replica_port",
 }
 
 
@@ -96,6 +102,13 @@ class ClusterSpec:
     """Address of nginx's public, status and frontend listeners (PUBLIC_BIND)."""
     auth_dev_mode: bool | None = None
     """AUTH_DEV_MODE of the nodes; None: on exactly when public_bind is loopback."""
+    redis_ha: RedisHA = "none"
+    """REDIS_HA. "sentinel": a primary (`redis`, redis_port), a replica (`redis-2`,
+    redis_replica_port) and three Sentinels (sentinel_ports); the nodes find the primary
+    through the Sentinels (docs/redis-ha.md). "none": one Redis."""
+    redis_replica_port: int = DEFAULT_REPLICA_PORT
+    sentinel_ports: list[int] = field(default_factory=list)
+    """Ports of the three Sentinels (REDIS_HA=sentinel only); default 26379..26381."""
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -110,6 +123,12 @@ class ClusterSpec:
         if self.sticky not in ("ip_hash", "consistent"):
             raise ValueError(f"STICKY must be ip_hash or consistent, not {self.sticky!r}")
         listen_address(self.public_bind, self.public_port)  # ValueError names PUBLIC_BIND
+        if self.redis_ha not in ("none", "sentinel"):
+            raise ValueError(f"REDIS_HA must be none or sentinel, not {self.redis_ha!r}")
+        if self.redis_ha == "sentinel" and not self.sentinel_ports:
+            self.sentinel_ports = list(DEFAULT_SENTINEL_PORTS)
+        if self.sentinel_ports and len(self.sentinel_ports) != len(DEFAULT_SENTINEL_PORTS):
+            raise ValueError("sentinel_ports must list three ports")
 
     @classmethod
     def on_free_ports(
@@ -117,7 +136,12 @@ class ClusterSpec:
     ) -> ClusterSpec:
         """A cluster on ports the kernel hands out now (tests and benches, so they never
         collide with a running `make deploy`)."""
-        ports = free_ports(6 + gateways + workers)
+        ha = fields.get("redis_ha", "none") == "sentinel"
+        # One call, so that no port repeats: the replica and the Sentinels come last.
+        ports = free_ports(6 + gateways + workers + (4 if ha else 0))
+        if ha:
+            fields.setdefault("redis_replica_port", ports[-4])
+            fields.setdefault("sentinel_ports", ports[-3:])
         return cls(
             run_dir=run_dir,
             gateways=gateways,
@@ -129,7 +153,7 @@ class ClusterSpec:
             frontend_port=ports[4],
             internal_port=ports[5],
             gateway_ports=ports[6 : 6 + gateways],
-            worker_ports=ports[6 + gateways :],
+            worker_ports=ports[6 + gateways : 6 + gateways + workers],
             **fields,
         )
 
@@ -148,6 +172,7 @@ class ClusterSpec:
             sticky=environ.get("STICKY") or "ip_hash",  # type: ignore[arg-type]
             public_bind=environ.get("PUBLIC_BIND") or DEFAULT_PUBLIC_BIND,
             auth_dev_mode=_BOOLS[dev_mode] if dev_mode else None,
+            redis_ha=(environ.get("REDIS_HA") or "none").strip().lower(),  # type: ignore[arg-type]
         )
         if environ.get("ALLOWED_ORIGINS"):
             spec.extra_env["ALLOWED_ORIGINS"] = environ["ALLOWED_ORIGINS"]
@@ -280,8 +305,30 @@ class ClusterSpec:
             "nginx frontend": self.frontend_port,
             "nginx internal": self.internal_port,
         }
+        if self.ha:
+            ports["redis-2"] = self.redis_replica_port
+            ports.update(zip(self.sentinel_names, self.sentinel_ports, strict=True))
         ports.update({n: self.node_port(n) for n in self.gateway_names + self.worker_names})
         return ports
+
+    @property
+    def ha(self) -> bool:
+        """Redis runs as primary + replica + three Sentinels (REDIS_HA=sentinel)."""
+        return self.redis_ha == "sentinel"
+
+    @property
+    def sentinel_names(self) -> list[str]:
+        return [f"sentinel-{i}" for i in range(1, len(self.sentinel_ports) + 1)] if self.ha else []
+
+    @property
+    def redis_data_names(self) -> list[str]:
+        """The Redis programs that hold data: `redis`, and in HA mode `redis-2`."""
+        return ["redis", "redis-2"] if self.ha else ["redis"]
+
+    @property
+    def redis_sentinels(self) -> str:
+        """REDIS_SENTINELS of the nodes ("" without HA)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports) if self.ha else ""
 
     def app_env(self, node_id: str, jwt_secret: str | None = None) -> dict[str, str]:
         """Environment of one gateway or worker (JWT_SECRET only when given)."""
@@ -299,6 +346,9 @@ class ClusterSpec:
             # Log lines reach the log file as they are written.
             "PYTHONUNBUFFERED": "1",
         }
+        if self.ha:
+            env["REDIS_SENTINELS"] = self.redis_sentinels
+            env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
         if jwt_secret is not None:
             env["JWT_SECRET"] = jwt_secret
         env.update(self.extra_env)

@@ -14,11 +14,17 @@ from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from deploy.spec import CHECKOUT, ClusterSpec, Process
+from deploy.spec import CHECKOUT, SENTINEL_MASTER, ClusterSpec, Process
 from nginx.render import nginx_command
 
 # Start order; supervisor stops in the reverse one. Stores first so that apps find them.
-_PRIORITY = {"redis": 10, "kafka": 10, "worker": 20, "gateway": 30, "nginx": 40}
+_PRIORITY = {"redis": 10, "kafka": 10, "sentinel": 15, "worker": 20, "gateway": 30, "nginx": 40}
+# REDIS_HA=sentinel: how fast the Sentinels act. A primary silent for a second is down
+# for one of them; two (the quorum) agreeing start a failover, which is abandoned and
+# retried by another Sentinel if it is not done in FAILOVER_TIMEOUT_MS.
+SENTINEL_QUORUM = 2
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_UMASK = 0o027
 """supervisord's umask, inherited by every child: new files 0640, directories 0750."""
@@ -31,6 +37,8 @@ class Binaries:
     nginx: str
     redis_server: str
     tansu: str
+    redis_sentinel: str = ""
+    """Debian's redis-sentinel (REDIS_HA=sentinel); empty: `redis-server --sentinel`."""
 
 
 def paths(run_dir: Path) -> dict[str, Path]:
@@ -49,36 +57,37 @@ def build_processes(
     `jwt_secret` as JWT_SECRET (unless spec.extra_env sets one)."""
     run = spec.run_dir
     kafka_url = f"tcp://127.0.0.1:{spec.kafka_port}"
+    single_redis = Process(
+        name="redis",
+        command=[
+            bins.redis_server,
+            "--port",
+            str(spec.redis_port),
+            "--bind",
+            "127.0.0.1",
+            # Sessions, owners, history and in-flight answers must survive a
+            # restart of Redis: append-only file, fsync once a second (a crash of
+            # the machine loses at most the last second; a crash of Redis itself
+            # loses nothing it acknowledged). No RDB snapshots on top.
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--dir",
+            str(run / "redis"),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ],
+        port=spec.redis_port,
+        probe="redis",
+        priority=_PRIORITY["redis"],
+    )
     procs = [
-        Process(
-            name="redis",
-            command=[
-                bins.redis_server,
-                "--port",
-                str(spec.redis_port),
-                "--bind",
-                "127.0.0.1",
-                # Sessions, owners, history and in-flight answers must survive a
-                # restart of Redis: append-only file, fsync once a second (a crash of
-                # the machine loses at most the last second; a crash of Redis itself
-                # loses nothing it acknowledged). No RDB snapshots on top.
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--dir",
-                str(run / "redis"),
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-            ],
-            port=spec.redis_port,
-            probe="redis",
-            priority=_PRIORITY["redis"],
-        ),
+        *(_ha_processes(spec, bins) if spec.ha else [single_redis]),
         Process(
             name="kafka",
             command=[
@@ -136,6 +145,92 @@ def build_processes(
         )
     )
     return procs
+
+
+def _ha_processes(spec: ClusterSpec, bins: Binaries) -> list[Process]:
+    """REDIS_HA=sentinel: `redis` (the first primary), `redis-2` (its replica) and
+    sentinel-1..3, each started from its config file in its own dir under the run dir
+    (see ha_configs; Sentinel rewrites them on a failover)."""
+    procs = []
+    for name in spec.redis_data_names:
+        procs.append(
+            Process(
+                name=name,
+                command=[bins.redis_server, str(ha_config_path(spec, name))],
+                port=spec.all_ports()[name],
+                probe="redis",
+                priority=_PRIORITY["redis"],
+            )
+        )
+    for name in spec.sentinel_names:
+        conf = str(ha_config_path(spec, name))
+        procs.append(
+            Process(
+                name=name,
+                command=[bins.redis_sentinel, conf]
+                if bins.redis_sentinel
+                else [bins.redis_server, conf, "--sentinel"],
+                port=spec.all_ports()[name],
+                probe="sentinel",
+                priority=_PRIORITY["sentinel"],
+            )
+        )
+    return procs
+
+
+def ha_config_path(spec: ClusterSpec, name: str) -> Path:
+    """The config file of an HA Redis program, in its own dir (`redis` keeps run/redis,
+    the dir of the single Redis, so switching to HA keeps the data)."""
+    conf = "sentinel.conf" if name.startswith("sentinel-") else "redis.conf"
+    return spec.run_dir / name / conf
+
+
+def ha_configs(spec: ClusterSpec) -> dict[Path, str]:
+    """path -> text of every HA config file. Each starts with a marker line naming the
+    topology; Redis and Sentinel rewrite the files on a failover (CONFIG REWRITE keeps
+    comments), and `up` keeps a file whose marker matches, so that a redeploy after a
+    failover starts from who is primary now, not from who was first."""
+    if not spec.ha:
+        return {}
+    ports = spec.all_ports()
+    marker = (
+        f"# chat-cluster REDIS_HA=sentinel: redis={spec.redis_port} "
+        f"redis-2={spec.redis_replica_port} sentinels={','.join(map(str, spec.sentinel_ports))}"
+    )
+    files = {}
+    for name in spec.redis_data_names:
+        lines = [
+            marker,
+            f"# {name}: GENERATED by deploy/supervisor.py; Sentinel may rewrite the end.",
+            f"port {ports[name]}",
+            "bind 127.0.0.1",
+            # As the single Redis: append-only file fsynced every second, no RDB.
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            f"dir {spec.run_dir / name}",
+            "daemonize no",
+            'logfile ""',
+        ]
+        if name != "redis":
+            lines.append(f"replicaof 127.0.0.1 {spec.redis_port}")
+        files[ha_config_path(spec, name)] = "\n".join(lines) + "\n"
+    for name in spec.sentinel_names:
+        lines = [
+            marker,
+            f"# {name}: GENERATED by deploy/supervisor.py; Sentinel rewrites it.",
+            f"port {ports[name]}",
+            "bind 127.0.0.1",
+            "daemonize no",
+            'logfile ""',
+            f"dir {spec.run_dir / name}",
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {spec.redis_port} {SENTINEL_QUORUM}",
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {SENTINEL_MASTER} 1",
+        ]
+        files[ha_config_path(spec, name)] = "\n".join(lines) + "\n"
+    return files
 
 
 def _escape(value: str) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,17 +18,65 @@ from services.common.settings import Settings
 def redis_from_settings(settings: Settings, *, blocking: bool = False) -> Redis:
     """A client for REDIS_URL; `blocking` gives one without a socket timeout, for XREAD BLOCK.
 
+    With REDIS_SENTINELS set, the client finds the primary of REDIS_SENTINEL_MASTER
+    through those Sentinels instead (REDIS_URL then gives only the password and the db):
+    every new connection asks them, and a connection to a primary that was demoted
+    fails, so the next one reaches the new primary (docs/redis-ha.md).
+
     The blocking client does not retry by itself: its one user, the relay, retries with
     its own backoff and must see every lost connection (Redis may have come back with
     less data; see `ws_gateway/audit.py`)."""
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0 if blocking else 3)
-    return Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        socket_connect_timeout=2.0,
-        socket_timeout=None if blocking else 5.0,
-        health_check_interval=30,
-        max_connections=512,
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": None if blocking else 5.0,
+        "health_check_interval": 30,
+        "max_connections": 512,
+    }
+    sentinels = sentinel_addresses(settings.redis_sentinels)
+    if not sentinels:
+        return Redis.from_url(settings.redis_url, **options)
+    if not settings.redis_sentinel_master:
+        raise ValueError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is empty")
+    url = urlsplit(settings.redis_url)
+    db = url.path.lstrip("/")
+    sentinel = Sentinel(
+        sentinels,
+        # Asking a Sentinel must never hang a caller: a stopped one is skipped.
+        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
     )
+    return sentinel.master_for(
+        settings.redis_sentinel_master,
+        redis_class=_SentinelRedis,
+        username=url.username or None,
+        password=url.password or None,
+        db=int(db) if db else 0,
+        **options,
+    )
+
+
+class _SentinelRedis(Redis):  # type: ignore[misc]  # redis is Any to mypy (pyproject)
+    """A client of the primary that also closes its Sentinel clients on `aclose`."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        if manager is not None:
+            await manager.aclose()
+
+
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` -> [(host, port), ...]; ValueError on a malformed entry."""
+    addresses = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"REDIS_SENTINELS entries are host:port, not {item!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = ""
     """Prepended to every Redis key and channel; tests use a random one."""
+    redis_sentinels: str = ""
+    """Comma-separated host:port of Redis Sentinels; when set, the clients find the
+    primary of REDIS_SENTINEL_MASTER through them (REDIS_URL gives only password and db)."""
+    redis_sentinel_master: str = "mymaster"
+    """The name the Sentinels monitor the primary under (`sentinel monitor NAME ...`)."""
 
     # --- Kafka -----------------------------------------------------------------
     kafka_enabled: bool = True

@@ -85,6 +85,7 @@ def test_app_environment(services: dict[str, dict[str, Any]]) -> None:
         assert env["JWT_SECRET"].startswith("${JWT_SECRET:?")
         assert env["REDIS_URL"].endswith("@redis:6379/0")
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["KAFKA_IDEMPOTENCE"] == "true"  # Apache Kafka supports it
         assert env["WORKER_URL"] == "http://nginx:8081"
         assert "ALLOWED_ORIGINS" in env
         assert services[name]["env_file"] in (".env", [".env"])
@@ -119,6 +120,51 @@ def test_redis_requires_a_password(services: dict[str, dict[str, Any]]) -> None:
     assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
     assert "redis-cli" in redis["healthcheck"]["test"]
     assert "ping" in redis["healthcheck"]["test"]
+
+
+def test_redis_is_a_primary_a_replica_and_three_sentinels(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The topology of REDIS_HA=sentinel (docs/redis-ha.md): both data nodes keep an
+    append-only file in a volume of their own and can serve as either role; three
+    Sentinels with quorum 2 monitor the primary; the nodes find it through them."""
+    data_nodes = {"redis": None, "redis-replica": ["redis", "6379"]}
+    volumes = set()
+    for name, replicaof in data_nodes.items():
+        command = services[name]["command"]
+        assert command[command.index("--appendonly") + 1] == "yes", name
+        assert command[command.index("--masterauth") + 1].startswith("${REDIS_PASSWORD:?"), name
+        assert command[command.index("--replica-announce-ip") + 1] == name, name
+        if replicaof:
+            at = command.index("--replicaof")
+            assert command[at + 1 : at + 3] == replicaof
+        else:
+            assert "--replicaof" not in command
+        volumes.add(services[name]["volumes"][0].split(":")[0])
+    sentinels = _replicas(services, "sentinel")
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    for name in sentinels:
+        svc = services[name]
+        script = " ".join(svc["command"])
+        assert "sentinel monitor chat redis 6379 2" in script, name
+        assert "sentinel auth-pass chat ${REDIS_PASSWORD:?" in script, name
+        assert "--sentinel" in script and "/data/sentinel.conf" in script, name
+        assert "get-master-addr-by-name" in svc["healthcheck"]["test"], name
+        assert svc["hostname"] == name
+        volumes.add(svc["volumes"][0].split(":")[0])
+    assert len(volumes) == 5, volumes  # nobody shares a data dir
+    for name in _app_services(services):
+        svc = services[name]
+        env = svc["environment"]
+        assert env["REDIS_SENTINELS"].split(",") == [f"{s}:26379" for s in sentinels], name
+        assert env["REDIS_SENTINEL_MASTER"] == "chat", name
+        for dep in ("redis-replica", *sentinels):
+            assert svc["depends_on"][dep]["condition"] == "service_healthy", (name, dep)
+    resolved = _resolved({**SECRETS})["services"]
+    for name in sentinels:
+        script = " ".join(resolved[name]["command"])
+        assert f"sentinel auth-pass chat {SECRETS['REDIS_PASSWORD']}'" in script, name
+        assert "$(hostname)" in script, name  # `$$` reaches the shell as `$`
 
 
 def test_kafka_is_single_node_kraft(services: dict[str, dict[str, Any]]) -> None:

@@ -1,0 +1,172 @@
+"""REDIS_HA=sentinel: kill -9 of the Redis primary mid-stream, twice (the second time
+the primary the first failover made). Every answer ends with `done` within
+STREAM_RECOVERY_TIMEOUT: complete and exactly once, or with `state_lost` (asynchronous
+replication may lose the last writes; docs/redis-ha.md); nobody waits forever."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from deploy.supervisor import pid_alive
+from tests.chat_client import Answer, ChatClient
+from tests.conftest import ClusterHandle, wait_for
+from tests.integration.redis_helpers import eventually
+from tests.sentinel_helpers import primary_port, settled
+
+pytestmark = pytest.mark.e2e
+
+RECOVERY_S = 8.0
+CLIENTS = 6
+ENV = {
+    "STREAM_RECOVERY_TIMEOUT": str(RECOVERY_S),
+    # Long answers (about 5 s), so each is mid-stream when the primary dies.
+    "SIM_MIN_TOKENS": "200",
+    "SIM_MAX_TOKENS": "220",
+}
+
+ROUNDS = 2
+SETTLE_S = 30.0
+"""How long the Sentinels get to agree again after a node came back (their INFO period
+to a returning node is 10 s)."""
+FAILOVER_S = 15.0
+
+
+@dataclass
+class Timed:
+    """A client's answer, with the longest gap between frames it received (as in
+    test_storage_loss.py)."""
+
+    client: ChatClient
+    answer: Answer
+    session: str
+    user: str
+    longest_silence: float = 0.0
+
+    async def follow(self) -> None:
+        last = time.monotonic()
+        answer = self.answer
+        while answer.done is None:
+            frames = len(answer.seqs) + len(answer.errors)
+            await self.client.read_answer(answer, stop_after=len(answer.seqs) + 1, timeout=60)
+            now = time.monotonic()
+            if len(answer.seqs) + len(answer.errors) > frames or answer.done is not None:
+                self.longest_silence = max(self.longest_silence, now - last)
+                last = now
+
+
+async def start_answers(cluster: ClusterHandle, tag: str) -> list[Timed]:
+    runs = []
+    for i in range(CLIENTS):
+        session, user = f"{tag}-{uuid.uuid4().hex[:10]}", f"{tag}{i}"
+        client = ChatClient(cluster.ws_url(session, user_id=user), local_ip=f"127.0.{90 + i}.1")
+        await client.connect()
+        ack = await client.chat("Tell me a long story about failover.")
+        assert ack["type"] == "ack", ack
+        answer = await client.read_answer(Answer(ack["message_id"]), stop_after=3, timeout=30)
+        runs.append(Timed(client, answer, session, user))
+    return runs
+
+
+def assert_never_silent(runs: list[Timed]) -> tuple[int, int]:
+    """Every answer ended; each one either completed exactly once or was told it was lost.
+    Returns (completed, lost)."""
+    completed = lost = 0
+    for run in runs:
+        answer = run.answer
+        assert answer.done is not None
+        codes = [e["code"] for e in answer.errors]
+        if answer.done["finish_reason"] == "stop":
+            assert codes == []
+            answer.assert_exactly_once()
+            completed += 1
+        else:
+            assert answer.done["finish_reason"] == "error", answer.done
+            assert codes == ["state_lost"], codes
+            # The client is told at the seq it has: nothing shown twice, nothing skipped.
+            assert answer.seqs == list(range(1, answer.done["last_seq"] + 1))
+            lost += 1
+        assert run.longest_silence < RECOVERY_S + 2.0, run.longest_silence
+    return completed, lost
+
+
+@pytest.fixture(scope="module")
+def ha_cluster(cluster_factory):  # type: ignore[no-untyped-def]
+    return cluster_factory(gateways=2, workers=2, redis_ha="sentinel", extra_env=ENV)
+
+
+def crash_and_hold(cluster: ClusterHandle, name: str) -> None:
+    """kill -9 the program so that it stays down: supervisor would start it again at
+    once, back before the Sentinels miss it, and no failover would happen. So it is
+    frozen (SIGSTOP), supervisor is told to stop it (its SIGTERM waits, undelivered, on
+    the frozen process), and then killed with SIGKILL: it dies as in a crash, without
+    a shutdown, and supervisor, stopping it anyway, does not restart it."""
+    supervisor = cluster.cluster.supervisor
+    pid = cluster.pid_of(name)
+    assert pid, f"{name} is not running"
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        supervisor.stop_process(name)
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), 10, f"{name} (pid {pid}) to die")
+    wait_for(
+        lambda: supervisor.processes()[name]["statename"] == "STOPPED",
+        10,
+        f"{name} to stay stopped",
+    )
+
+
+async def test_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
+    ha_cluster: ClusterHandle,
+) -> None:
+    spec = ha_cluster.spec
+    names = {spec.redis_port: "redis", spec.redis_replica_port: "redis-2"}
+    summary = []
+    for round_no in range(1, ROUNDS + 1):
+        primary = await eventually(
+            lambda: settled(spec.sentinel_ports), SETTLE_S, "the Sentinels to settle", poll=0.2
+        )
+        victim = names[primary]
+        survivor_port = next(port for port in names if port != primary)
+        survivor = names[survivor_port]
+        runs = await start_answers(ha_cluster, f"ha{round_no}")
+        start = time.monotonic()
+        crash_and_hold(ha_cluster, victim)
+
+        async def failed_over(survivor_port: int = survivor_port) -> bool:
+            named = [await primary_port(port) for port in spec.sentinel_ports]
+            return named == [survivor_port] * len(named)
+
+        await eventually(failed_over, FAILOVER_S, f"a failover to {survivor}", poll=0.1)
+        failover_s = time.monotonic() - start
+        # The old primary comes back as a replica of the new one, while the answers run.
+        await asyncio.gather(
+            asyncio.to_thread(ha_cluster.start_process, victim),
+            *(run.follow() for run in runs),
+        )
+        for run in runs:
+            await run.client.close()
+        completed, lost = assert_never_silent(runs)
+        for run in runs:
+            if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
+                check = ChatClient(ha_cluster.ws_url(run.session, user_id=run.user))
+                await check.connect()
+                await check.send({"type": "history"})
+                history = await check.recv_until(lambda f: f["type"] == "history")
+                await check.close()
+                # What the client assembled of a completed answer is what history kept.
+                kept = history["messages"][-1]["text"]
+                assert kept == run.answer.text, (round_no, len(kept), len(run.answer.text))
+        summary.append(
+            f"round {round_no}: kill -9 {victim}, {survivor} primary {failover_s:.1f}s "
+            f"later; {completed} answers completed, {lost} ended with state_lost"
+        )
+    # (Round 2 began only once round 1's victim was back as a replica in sync.)
+    print("\n" + "\n".join(summary))
