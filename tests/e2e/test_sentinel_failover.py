@@ -9,91 +9,23 @@ import asyncio
 import os
 import signal
 import time
-import uuid
-from dataclasses import dataclass
 
 import pytest
 
 from deploy.supervisor import pid_alive
-from tests.chat_client import Answer, ChatClient
+from tests.chat_client import ChatClient
 from tests.conftest import ClusterHandle, wait_for
 from tests.integration.redis_helpers import eventually
 from tests.sentinel_helpers import primary_port, settled
+from tests.storage_faults import ENV, assert_never_silent, start_answers
 
 pytestmark = pytest.mark.e2e
-
-RECOVERY_S = 8.0
-CLIENTS = 6
-ENV = {
-    "STREAM_RECOVERY_TIMEOUT": str(RECOVERY_S),
-    # Long answers (about 5 s), so each is mid-stream when the primary dies.
-    "SIM_MIN_TOKENS": "200",
-    "SIM_MAX_TOKENS": "220",
-}
 
 ROUNDS = 2
 SETTLE_S = 30.0
 """How long the Sentinels get to agree again after a node came back (their INFO period
 to a returning node is 10 s)."""
 FAILOVER_S = 15.0
-
-
-@dataclass
-class Timed:
-    """A client's answer, with the longest gap between frames it received (as in
-    test_storage_loss.py)."""
-
-    client: ChatClient
-    answer: Answer
-    session: str
-    user: str
-    longest_silence: float = 0.0
-
-    async def follow(self) -> None:
-        last = time.monotonic()
-        answer = self.answer
-        while answer.done is None:
-            frames = len(answer.seqs) + len(answer.errors)
-            await self.client.read_answer(answer, stop_after=len(answer.seqs) + 1, timeout=60)
-            now = time.monotonic()
-            if len(answer.seqs) + len(answer.errors) > frames or answer.done is not None:
-                self.longest_silence = max(self.longest_silence, now - last)
-                last = now
-
-
-async def start_answers(cluster: ClusterHandle, tag: str) -> list[Timed]:
-    runs = []
-    for i in range(CLIENTS):
-        session, user = f"{tag}-{uuid.uuid4().hex[:10]}", f"{tag}{i}"
-        client = ChatClient(cluster.ws_url(session, user_id=user), local_ip=f"127.0.{90 + i}.1")
-        await client.connect()
-        ack = await client.chat("Tell me a long story about failover.")
-        assert ack["type"] == "ack", ack
-        answer = await client.read_answer(Answer(ack["message_id"]), stop_after=3, timeout=30)
-        runs.append(Timed(client, answer, session, user))
-    return runs
-
-
-def assert_never_silent(runs: list[Timed]) -> tuple[int, int]:
-    """Every answer ended; each one either completed exactly once or was told it was lost.
-    Returns (completed, lost)."""
-    completed = lost = 0
-    for run in runs:
-        answer = run.answer
-        assert answer.done is not None
-        codes = [e["code"] for e in answer.errors]
-        if answer.done["finish_reason"] == "stop":
-            assert codes == []
-            answer.assert_exactly_once()
-            completed += 1
-        else:
-            assert answer.done["finish_reason"] == "error", answer.done
-            assert codes == ["state_lost"], codes
-            # The client is told at the seq it has: nothing shown twice, nothing skipped.
-            assert answer.seqs == list(range(1, answer.done["last_seq"] + 1))
-            lost += 1
-        assert run.longest_silence < RECOVERY_S + 2.0, run.longest_silence
-    return completed, lost
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +68,9 @@ async def test_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
         victim = names[primary]
         survivor_port = next(port for port in names if port != primary)
         survivor = names[survivor_port]
-        runs = await start_answers(ha_cluster, f"ha{round_no}")
+        runs = await start_answers(
+            ha_cluster, f"ha{round_no}", "Tell me a long story about failover."
+        )
         start = time.monotonic()
         crash_and_hold(ha_cluster, victim)
 
