@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -287,6 +288,24 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/sbin")
 
 
+def example_layout(
+    run_dir: Path, gateways: int = 3, workers: int = 3, *, base: int = 9000, **options: Any
+) -> NginxLayout:
+    """A local layout on fixed example ports: gateways from base+1, workers from
+    base+101, public base+80, internal base+81, status base+90, frontend base+300.
+    `options`: any other argument of `local_layout` (sticky, down, public_bind...)."""
+    return local_layout(
+        run_dir,
+        gateway_ports=range(base + 1, base + 1 + gateways),
+        worker_ports=range(base + 101, base + 101 + workers),
+        public_port=base + 80,
+        internal_port=base + 81,
+        status_port=base + 90,
+        frontend_port=base + 300,
+        **options,
+    )
+
+
 def check(gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> int:
     """`nginx -t` on a local render in a temp dir; returns nginx's exit code."""
     nginx_bin = find_nginx()
@@ -295,17 +314,7 @@ def check(gateways: int = 3, workers: int = 3, sticky: str = "ip_hash") -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="nginx-check-") as tmp:
         run_dir = Path(tmp)
-        layout = local_layout(
-            run_dir,
-            gateway_ports=range(18001, 18001 + gateways),
-            worker_ports=range(18101, 18101 + workers),
-            public_port=18080,
-            internal_port=18081,
-            status_port=18090,
-            frontend_port=13000,
-            sticky=sticky,
-        )
-        write_local(layout)
+        write_local(example_layout(run_dir, gateways, workers, base=18000, sticky=sticky))
         cmd = nginx_command(nginx_bin, run_dir)[:-2] + ["-t", "-q"]
         return subprocess.run(cmd, check=False).returncode
 
