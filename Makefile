@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP  := $(VENV)/.installed
 
-.PHONY: deploy stop status logs rolling-restart scale test lint bench clean venv
+.PHONY: deploy stop status logs rolling-restart scale test lint bench chaos clean venv
 
 venv: $(STAMP)
 
@@ -52,6 +52,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
 	else echo "no benchmarks yet (tests/bench/__main__.py)"; fi
+
+# Issue 7: 100 clients for ~3 minutes of seeded faults on a cluster of its own (free
+# loopback ports); prints a table, exits non-zero if a guarantee broke. CHAOS_ARGS adds
+# options (python -m tests.chaos --help), e.g. CHAOS_ARGS="--seed 3 --duration 60".
+chaos: $(STAMP)
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 clean: stop
 	rm -rf run .pytest_cache .mypy_cache .ruff_cache build
