@@ -11,7 +11,7 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 Frame = dict[str, Any]
 
@@ -118,6 +118,63 @@ class ChatClient:
                     answer.errors.append(frame)
         return answer
 
+    #: What a connect may raise that a careful client retries: refused (429, 502), reset,
+    #: a timeout.
+    RETRYABLE_CONNECT: tuple[type[BaseException], ...] = (
+        OSError,
+        ConnectionClosed,
+        InvalidHandshake,
+        TimeoutError,
+    )
+    #: What may break a chat's round trip; the chat is then sent again after a reconnect.
+    LOST_DURING_CHAT: tuple[type[BaseException], ...] = (ConnectionClosed,)
+
+    async def reconnect(self) -> None:
+        """Connect again until it works, backing off as a real client does."""
+        delay = 0.05
+        while True:
+            try:
+                if self.ws is not None:
+                    await self.ws.close()
+                await self.connect()
+                return
+            except self.RETRYABLE_CONNECT:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def ask(self, text: str, client_msg_id: str) -> Answer:
+        """Send a chat until it is acked, reconnecting and sending it again after a lost
+        connection: the same client_msg_id never starts a second answer. The ack of a
+        chat sent again starts nothing on this socket, so the answer is resumed. An
+        error reply goes to `refused`, which waits and returns (the chat is sent again)
+        or raises."""
+        resent = False
+        while True:
+            try:
+                await self.send({"type": "chat", "text": text, "client_msg_id": client_msg_id})
+                frame = await self.recv_until(lambda f: self.is_reply(f, client_msg_id))
+            except self.LOST_DURING_CHAT:
+                await self.reconnect()
+                resent = True
+                continue
+            if frame["type"] == "ack":
+                answer = Answer(frame["message_id"])
+                if resent:
+                    await self.send({"type": "resume", "message_id": answer.message_id})
+                return answer
+            resent = await self.refused(frame) or resent
+
+    def is_reply(self, frame: Frame, client_msg_id: str) -> bool:
+        """Whether `frame` answers the chat `client_msg_id` (for `ask`)."""
+        return frame["type"] in ("ack", "error") and frame.get("client_msg_id") == client_msg_id
+
+    async def refused(self, frame: Frame) -> bool:
+        """An error reply to `ask`'s chat: wait out `rate_limited` (True if the chat must
+        count as sent again); anything else is a test failure."""
+        assert frame["code"] == "rate_limited", frame
+        await asyncio.sleep(float(frame.get("retry_after") or 1.0))
+        return False
+
     async def follow_resilient(self, answer: Answer, *, timeout: float = 90.0) -> Answer:
         """Read to done, reconnecting and resuming after every close, like a real client."""
         async with asyncio.timeout(timeout):
@@ -130,14 +187,7 @@ class ChatClient:
         return answer
 
     async def _reconnect_and_resume(self, answer: Answer) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self.connect()
-                break
-            except (OSError, ConnectionClosed, websockets.InvalidStatus, TimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        await self.reconnect()
         answer.reconnects += 1
         await self.send(
             {"type": "resume", "message_id": answer.message_id, "after_seq": answer.last_seq}

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 
 from deploy.cluster import Cluster
 from deploy.rollout import reload_nginx
@@ -141,19 +141,9 @@ class ChaosClient(ChatClient):
         finally:
             self.backlog = kept + self.backlog
 
-    async def reconnect(self) -> None:
-        """Connect until it works, backing off like a real client (429, 502, 1013...)."""
-        delay = 0.05
-        while True:
-            try:
-                if self.ws is not None:
-                    await self.ws.close()
-                await self.connect()
-                return
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError, AssertionError):
-                pass  # refused (429, 502), reset, 1013 at connect: try again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    # Also an assertion of `connect`: a 1013 close at connect has no welcome.
+    RETRYABLE_CONNECT = (*ChatClient.RETRYABLE_CONNECT, AssertionError)
+    LOST_DURING_CHAT = (ConnectionClosed, TimeoutError)
 
     async def _resume(self, answer: Answer) -> None:
         await self.send(
@@ -175,40 +165,30 @@ class ChaosClient(ChatClient):
     # --- requests --------------------------------------------------------------------
 
     async def ask(self, text: str, client_msg_id: str) -> Answer:
-        """Send a chat until acked; the same client_msg_id never starts a second answer."""
-        resent = False
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                await self.send({"type": "chat", "text": text, "client_msg_id": client_msg_id})
-                frame = await self.recv_until(
-                    lambda f: (
-                        (f["type"] in ("ack", "error") and f.get("client_msg_id") == client_msg_id)
-                        or (f["type"] == "error" and f.get("code") == "internal")
-                    )
-                )
-            except (ConnectionClosed, TimeoutError):
-                await self.reconnect()
-                resent = True
-                continue
-            if frame["type"] == "ack":
-                answer = Answer(frame["message_id"])
-                if resent:
-                    # An ack for a retry starts nothing on this socket: ask for it.
-                    await self.send({"type": "resume", "message_id": answer.message_id})
-                return answer
-            code = frame.get("code")
-            if code == "rate_limited":
-                await asyncio.sleep(float(frame.get("retry_after") or 1.0))
-            elif code == "internal":  # storage unavailable: try again shortly
-                resent = True
-                await asyncio.sleep(0.5)
-            elif code == "busy":
-                raise Restart(f"busy: {frame}")
-            else:
-                self.errors.append(f"{self.local_ip}: chat refused: {frame}")
-                raise Restart(str(frame))
-        raise Restart("no ack within 120 s")
+        """`ChatClient.ask`, given up (Restart) after 120 s without an ack."""
+        try:
+            async with asyncio.timeout(120):
+                return await super().ask(text, client_msg_id)
+        except TimeoutError as exc:
+            raise Restart("no ack within 120 s") from exc
+
+    def is_reply(self, frame: Frame, client_msg_id: str) -> bool:
+        # "storage unavailable" comes without the client_msg_id.
+        return super().is_reply(frame, client_msg_id) or (
+            frame["type"] == "error" and frame.get("code") == "internal"
+        )
+
+    async def refused(self, frame: Frame) -> bool:
+        code = frame.get("code")
+        if code == "rate_limited":
+            return await super().refused(frame)
+        if code == "internal":  # storage unavailable: try again shortly
+            await asyncio.sleep(0.5)
+            return True
+        if code == "busy":
+            raise Restart(f"busy: {frame}")
+        self.errors.append(f"{self.local_ip}: chat refused: {frame}")
+        raise Restart(str(frame))
 
     async def history_text(self, message_id: str) -> tuple[bool, str | None]:
         """(read, text of message_id in history)."""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from deploy.cluster import Cluster
 from deploy.spec import ClusterSpec
@@ -98,43 +98,10 @@ class CountingClient(ChatClient):
         finally:
             self.backlog = kept + self.backlog
 
-    async def reconnect(self) -> None:
-        """Connect again until it works, backing off as a real client does."""
-        delay = 0.05
-        while True:
-            try:
-                await self.connect()
-                return
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    async def ask(self, text: str, client_msg_id: str) -> Answer:
-        """Send a chat and return its answer, retrying across reconnects: the same
-        client_msg_id never starts a second answer."""
-        resent = False
-        while True:
-            try:
-                await self.send({"type": "chat", "text": text, "client_msg_id": client_msg_id})
-                frame = await self.recv_until(
-                    lambda f: (
-                        f["type"] in ("ack", "error") and f.get("client_msg_id") == client_msg_id
-                    )
-                )
-            except ConnectionClosed:
-                await self.reconnect()
-                resent = True
-                continue
-            if frame["type"] == "ack":
-                answer = Answer(frame["message_id"])
-                if resent:
-                    # An ack for a retry starts nothing on this socket: ask for it
-                    # (ignored if this socket already follows it).
-                    await self.send({"type": "resume", "message_id": answer.message_id})
-                return answer
-            assert frame["code"] == "rate_limited", frame
+    async def refused(self, frame: Frame) -> bool:
+        if frame.get("code") == "rate_limited":
             self.tally.rate_limited += 1
-            await asyncio.sleep(float(frame.get("retry_after") or 1.0))
+        return await super().refused(frame)
 
     async def history_text(self, message_id: str) -> str | None:
         while True:
