@@ -153,13 +153,23 @@ def _quote(path: Path | str) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _servers(nodes: Sequence[Node]) -> str:
+#: A gateway is never marked failed: with all of them marked (each SIGTERMed or
+#: restarted once within fail_timeout) nginx answers every handshake 502 "no live
+#: upstreams" although some are up again. A refused connect costs nothing and the
+#: handshake moves on to the next gateway (proxy_connect_timeout bounds a dead host).
+GATEWAY_FAILURES = "max_fails=0"
+#: A worker that refuses is skipped for a moment, so least_conn does not keep
+#: choosing the dead one (it has no connections); the window is short so that all
+#: of them marked at once never lasts.
+WORKER_FAILURES = "max_fails=1 fail_timeout=2s"
+
+
+def _servers(nodes: Sequence[Node], failures: str) -> str:
     if nodes and all(n.down for n in nodes):
         # nginx would answer every request 502 ("no live upstreams").
         raise ValueError(f"every server of an upstream is down: {[n.name for n in nodes]}")
     return "\n".join(
-        f"        server {n.address} max_fails=3 fail_timeout=10s{' down' if n.down else ''};"
-        f"  # {n.name}"
+        f"        server {n.address} {failures}{' down' if n.down else ''};  # {n.name}"
         for n in nodes
     )
 
@@ -233,8 +243,8 @@ def _values(layout: NginxLayout) -> dict[str, str]:
         "access_log": access_log,
         "temp_paths": temp_paths,
         "sticky": STICKY_METHODS[layout.sticky],
-        "gateway_servers": _servers(layout.gateways),
-        "worker_servers": _servers(layout.workers),
+        "gateway_servers": _servers(layout.gateways, GATEWAY_FAILURES),
+        "worker_servers": _servers(layout.workers, WORKER_FAILURES),
         "public_listen": layout.public_listen,
         "internal_listen": layout.internal_listen,
         "status_listen": layout.status_listen,

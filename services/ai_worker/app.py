@@ -24,7 +24,7 @@ from services.common.message_store import MessageStore
 from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
-from services.common.tasks import TaskSupervisor
+from services.common.tasks import TaskSupervisor, watch_shutdown
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # drainer still runs.
             stack.push_async_callback(worker.drain)
             health = NodeHealth(redis, [worker.ready_problem, loops.problem])
+            stack.push_async_callback(watch_shutdown, settings.shutdown_timeout)
             yield {"worker": worker, "health": health}
 
     app = FastAPI(lifespan=lifespan, title="ai_worker")

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from services.common.errors import StorageError, storage_op
 from services.common.scripts import LEASE_RELEASE, LEASE_RENEW
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Lease:
             try:
                 await self.renew()
             except StorageError as exc:
+                raise_if_cancelling()
                 log.warning("lease renewal failed", extra={"detail": str(exc)})
 
 

@@ -9,6 +9,7 @@ which turns the node's `/ready` false.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,20 +28,63 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+#: How long a cancelled task gets to end before it is cancelled again.
+RECANCEL_S = 3.0
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel the tasks and wait for them to end; their errors are logged and dropped.
 
     Waiting uses `asyncio.wait`, which never raises the tasks' own cancellation, so a
-    cancellation of the caller (and only that) still propagates."""
+    cancellation of the caller (and only that) still propagates. A task still running
+    RECANCEL_S after its cancellation is cancelled again, until it ends."""
     live = [t for t in tasks if t is not None]
-    for task in live:
-        task.cancel()
-    if not live:
-        return
-    await asyncio.wait(live)
+    pending = set(live)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+        for task in pending:
+            # A library swallowed the cancellation (redis-py can, mid-command) and the
+            # task went on waiting: cancel it again rather than hang a shutdown.
+            log.warning("a task outlived its cancellation", extra={"detail": task.get_name()})
     for task in live:
         if not task.cancelled() and task.exception() is not None:
             log.debug("task %s ended with an error", task.get_name(), exc_info=task.exception())
+
+
+def task_stacks(limit: int = 40) -> str:
+    """Where every live task of this loop is waiting, one stack each (for a stuck
+    shutdown's log line)."""
+    out = io.StringIO()
+    tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
+    for task in tasks[:limit]:
+        if task is asyncio.current_task():
+            continue
+        task.print_stack(limit=12, file=out)
+    if len(tasks) > limit:
+        out.write(f"... and {len(tasks) - limit} more tasks\n")
+    return out.getvalue()
+
+
+_watches: set[asyncio.Task[None]] = set()
+
+
+async def watch_shutdown(after: float) -> None:
+    """Start a watchdog for a node's shutdown: if the process is still running `after`
+    seconds later, log where every task waits (a step that swallowed its cancellation
+    shows up here). Push it last on the lifespan's exit stack so it starts first."""
+
+    async def watch() -> None:
+        await asyncio.sleep(after)
+        log.error(
+            "shutdown is taking longer than expected",
+            extra={"detail": f"after {after:.0f}s; tasks:\n{task_stacks()}"},
+        )
+
+    task = asyncio.create_task(watch(), name="shutdown-watch")
+    _watches.add(task)
+    task.add_done_callback(_watches.discard)
 
 
 @dataclass

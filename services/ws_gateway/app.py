@@ -26,7 +26,7 @@ from services.common.message_store import MessageStore
 from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
-from services.common.tasks import TaskSupervisor
+from services.common.tasks import TaskSupervisor, watch_shutdown
 from services.ws_gateway.audit import StateAudit
 from services.ws_gateway.context import NodeContext
 from services.ws_gateway.driver import Driver, WorkerClient
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 drainer = EventDrainer(EventOutbox(redis, keys), settings, registry)
                 loops.start("event-drainer", drainer.run)
             ctx = NodeContext(settings, store, sessions, hub, relay, driver, notifier, metrics)
+            stack.push_async_callback(watch_shutdown, settings.shutdown_timeout / 2)
             yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")

@@ -168,6 +168,7 @@ class Driver:
         backoff = Backoff()
         attempt = 0
         while True:
+            raise_if_cancelling()  # a library may turn a cancel into a failed call
             meta = await self._store.meta(message_id)
             if meta is None or meta.status == MessageStatus.DONE:
                 return

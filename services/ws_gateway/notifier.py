@@ -129,6 +129,7 @@ class Notifier:
 
     async def _apply_ops(self, pubsub: PubSub) -> None:
         while True:
+            raise_if_cancelling()  # a cancel redis-py swallowed in (un)subscribe
             op, channel = await self._ops.get()
             if op == "subscribe":
                 await pubsub.subscribe(channel)
@@ -137,6 +138,7 @@ class Notifier:
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
+            raise_if_cancelling()
             msg = await pubsub.get_message(timeout=None)
             if msg is not None:
                 self.dispatch(msg)

@@ -54,8 +54,8 @@ def _server_lines(conf: str) -> dict[str, str]:
 
 def test_render_marks_only_the_named_nodes_down(tmp_path: Path) -> None:
     lines = _server_lines(_conf(tmp_path, {"gateway-2", "worker-1"}))
-    assert lines["gateway-2"] == "server 127.0.0.1:9002 max_fails=3 fail_timeout=10s down;"
-    assert lines["worker-1"] == "server 127.0.0.1:9101 max_fails=3 fail_timeout=10s down;"
+    assert lines["gateway-2"] == "server 127.0.0.1:9002 max_fails=0 down;"
+    assert lines["worker-1"] == "server 127.0.0.1:9101 max_fails=1 fail_timeout=2s down;"
     for name in ("gateway-1", "gateway-3", "worker-2"):
         assert not lines[name].endswith(" down;"), lines[name]
 

@@ -55,7 +55,7 @@ def test_one_server_line_per_node(tmp_path: Path, gateways: int, workers: int) -
     ai = _block(conf, "upstream ai_worker")
     assert gw.count("server 127.0.0.1:") == gateways
     assert ai.count("server 127.0.0.1:") == workers
-    assert "server 127.0.0.1:9001 max_fails=3 fail_timeout=10s;" in gw
+    assert "server 127.0.0.1:9001 max_fails=0;" in gw
     assert "least_conn;" in ai
     assert "{{" not in conf
 
@@ -143,7 +143,7 @@ def test_local_paths_stay_in_the_run_dir(tmp_path: Path) -> None:
 
 def test_compose_mode(tmp_path: Path) -> None:
     conf = render(compose_layout(gateways=4, workers=2))
-    assert "server gateway-4:8000 max_fails=3 fail_timeout=10s;" in conf
+    assert "server gateway-4:8000 max_fails=0;" in conf
     assert "server worker-2:8000" in conf and "worker-3" not in conf
     assert "listen 8081;" in conf and "127.0.0.1" not in conf
     assert 'root "/usr/share/nginx/html/frontend";' in conf

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from services.common.tasks import TaskSupervisor, cancel_and_wait
+from services.common import tasks as tasks_module
+from services.common.tasks import TaskSupervisor, cancel_and_wait, task_stacks
 
 pytestmark = pytest.mark.unit
 
@@ -46,6 +47,41 @@ async def test_cancel_and_wait_swallows_errors_and_skips_none() -> None:
     await asyncio.wait_for(cancel_and_wait(None, failed, messy, None), DEADLINE)
     assert isinstance(failed.exception(), RuntimeError)
     assert isinstance(messy.exception(), ValueError)
+
+
+async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As redis-py can: the first cancellation is caught and the task waits on."""
+    monkeypatch.setattr(tasks_module, "RECANCEL_S", 0.05)
+    swallowed = 0
+
+    async def deaf_once() -> None:
+        nonlocal swallowed
+        try:
+            await forever()
+        except asyncio.CancelledError:
+            swallowed += 1
+        await forever()
+
+    task = asyncio.create_task(deaf_once(), name="deaf-once")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(cancel_and_wait(task), DEADLINE)
+    assert swallowed == 1
+    assert task.cancelled()
+    assert any(getattr(r, "detail", None) == "deaf-once" for r in caplog.records)
+
+
+async def test_task_stacks_names_each_task_and_where_it_waits() -> None:
+    task = asyncio.create_task(forever(), name="parked-here")
+    await asyncio.sleep(0)
+    try:
+        stacks = task_stacks()
+        assert "parked-here" in stacks
+        assert "in forever" in stacks
+    finally:
+        await cancel_and_wait(task)
 
 
 async def test_cancel_and_wait_with_nothing() -> None:
