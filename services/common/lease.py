@@ -39,8 +39,9 @@ class Lease:
         return self._leases.key(self.message_id)
 
     async def renew(self) -> bool:
-        """Extend the lease by its TTL (taking it back if it lapsed and nobody took it);
-        False (and `lost`) if another token holds it."""
+        """Extend the lease by its TTL (taking it back if it lapsed and nobody took it,
+        while the answer goes on); False (and `lost`) if another token holds it or the
+        answer is over."""
         if self.released or self.lost:
             return False
         ok = await self._leases.renew(self.message_id, self.token)
@@ -88,9 +89,18 @@ class Lease:
 class Leases:
     """The leases of one kind (generator or driver), keyed by message id."""
 
-    def __init__(self, redis: Redis, key: Callable[[str], str], ttl_ms: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        key: Callable[[str], str],
+        ttl_ms: int,
+        meta: Callable[[str], str],
+    ) -> None:
+        """`key` names a message's lease, `meta` its record (a lapsed lease is taken
+        back only while the record says the answer goes on)."""
         self._r = redis
         self.key = key
+        self._meta = meta
         self.ttl_ms = ttl_ms
         self._renew = LEASE_RENEW.bind(redis)
         self._release = LEASE_RELEASE.bind(redis)
@@ -112,7 +122,8 @@ class Leases:
 
     async def renew(self, message_id: str, token: str) -> bool:
         reply = await self._renew(
-            keys={"lease": self.key(message_id)}, args={"token": token, "ttl_ms": self.ttl_ms}
+            keys={"lease": self.key(message_id), "meta": self._meta(message_id)},
+            args={"token": token, "ttl_ms": self.ttl_ms},
         )
         return bool(reply)
 

@@ -96,9 +96,10 @@ class FinishOutcome(StrEnum):
     LEASED = "leased"
     ALREADY_DONE = "done"
     GONE = "gone"
-    GAP = "gap"
-    """The stored last_seq is not the given one (Redis lost chunks): write them first."""
     """The message record expired; nothing was written."""
+    GAP = "gap"
+    """The stored last_seq is not the given one (Redis lost chunks, or an evicted
+    holder wrote meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +167,8 @@ class MessageStore:
         self._accept = ACCEPT_CHAT.bind(redis)
         self._append = APPEND_CHUNK.bind(redis)
         self._finish = FINISH_MESSAGE.bind(redis)
-        self.generators = Leases(redis, keys.message_lease, lease_ttl_ms)
-        self.drivers = Leases(redis, keys.message_driver, driver_ttl_ms)
+        self.generators = Leases(redis, keys.message_lease, lease_ttl_ms, keys.message_meta)
+        self.drivers = Leases(redis, keys.message_driver, driver_ttl_ms, keys.message_meta)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> MessageStore:
@@ -352,8 +353,11 @@ class MessageStore:
         reason: FinishReason,
         usage: Usage,
         error: ErrorCode | None = None,
+        evict: str = "",
     ) -> FinishOutcome:
-        """Write the final record. `token=""` finishes only a message nobody leases.
+        """Write the final record. `token=""` finishes only a message nobody leases, or
+        one still leased by `evict` (a holder found stalled): its lease is then taken
+        away, provided the stored last_seq is still `last_seq` (else `GAP`).
 
         The answer goes into the session's history only while the message's author
         still owns the session (else the owner record is gone or another user's). An
@@ -385,6 +389,7 @@ class MessageStore:
                 "done_entry_id": DONE_ENTRY_ID,
                 "now_iso": finished_at,
                 "session_ttl_s": self._session_ttl,
+                "evict": evict,
                 **self._events.script_args(
                     EventType.MESSAGE_COMPLETED,
                     session_id,

@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub = Hub()
             driver = Driver(
                 store,
-                WorkerClient(http, settings.worker_url),
+                WorkerClient(http, settings.worker_url, settings.stream_recovery_timeout),
                 node_id=settings.node_id,
                 recovery_timeout=settings.stream_recovery_timeout,
                 metrics=metrics,

@@ -4,7 +4,9 @@ The call to `POST /v1/generate` (through nginx's least_conn upstream) stays open
 for the life of the generation, so nginx balances by generations in flight and this
 node notices a dead worker at once. When the call breaks, the same message id goes
 to another worker, which continues after the last cached seq. If nothing makes
-progress for STREAM_RECOVERY_TIMEOUT, the answer ends with `upstream_unavailable`.
+progress for STREAM_RECOVERY_TIMEOUT, the answer ends with `upstream_unavailable`:
+also when a worker is alive but stuck (its heartbeats keep the call open, or it keeps
+the lease while another call waits), whose lease is then taken away with the finish.
 
 One gateway drives a message at a time (the message's driver lease), so a gateway
 that finds a stream nobody generates (its driver died too) can take over: the stall
@@ -82,8 +84,9 @@ class Backoff:
         self.current = self.first
 
 
-CallWorker = Callable[[str], Awaitable[tuple[CallResult, bool]]]
-"""One generate call for a message id: (how it ended, whether the answer progressed)."""
+CallWorker = Callable[[str], Awaitable[tuple[CallResult, float | None]]]
+"""One generate call for a message id: (how it ended, when the answer last progressed
+during it, in `time.monotonic()` seconds, or None if it did not)."""
 
 
 class Driver:
@@ -176,87 +179,127 @@ class Driver:
                 self._metrics.takeovers.inc()
                 log.info("handing the answer to another worker", extra={"detail": attempt})
             attempt += 1
-            result, progressed = await self._call(message_id)
-            now = time.monotonic()
-            if progressed:
-                last_progress = now
+            result, progressed_at = await self._call(message_id)
+            if progressed_at is not None:
+                last_progress = max(last_progress, progressed_at)
                 backoff.reset()
             if result == CallResult.DONE:
                 return
             if result == CallResult.LEASED:
-                if await self._wait_lease_gone(message_id):
-                    last_progress = time.monotonic()
+                last_progress = await self._wait_lease_gone(message_id, last_progress)
                 attempt = 0
+                if not self._stalled(last_progress):
+                    continue
+            if self._stalled(last_progress):
+                if await self._give_up(message_id, session_id):
+                    return
+                last_progress = time.monotonic()  # it moved on after all
                 continue
-            if now - last_progress > self._recovery_timeout:
-                await self._give_up(message_id, session_id)
-                return
             if await self._store.is_cancelled(message_id) and await self._finish_unleased(
                 message_id, session_id, FinishReason.CANCELLED, None
             ):
                 return
             await asyncio.sleep(backoff.next())
 
-    async def _wait_lease_gone(self, message_id: str) -> bool:
-        """Wait while another worker holds the lease; True if it made progress meanwhile."""
-        start = await self._store.meta(message_id)
-        start_seq = start.last_seq if start else 0
-        while await self._store.generators.holder(message_id) is not None:  # noqa: ASYNC110 - Redis, not local state
-            await asyncio.sleep(LEASE_POLL_S)
-        end = await self._store.meta(message_id)
-        return end is not None and end.last_seq > start_seq
+    def _stalled(self, last_progress: float) -> bool:
+        return time.monotonic() - last_progress > self._recovery_timeout
 
-    async def _give_up(self, message_id: str, session_id: str) -> None:
-        log.error("no worker could finish the answer", extra={"message_id": message_id})
+    async def _wait_lease_gone(self, message_id: str, last_progress: float) -> float:
+        """Wait while another worker holds the lease and makes progress; return when the
+        answer last progressed (it stops waiting once that is the recovery timeout ago)."""
+        meta = await self._store.meta(message_id)
+        seq = meta.last_seq if meta else 0
+        while await self._store.generators.holder(message_id) is not None:
+            await asyncio.sleep(LEASE_POLL_S)
+            meta = await self._store.meta(message_id)
+            if meta is not None and meta.last_seq != seq:
+                seq, last_progress = meta.last_seq, time.monotonic()
+            if self._stalled(last_progress):
+                break
+        return last_progress
+
+    async def _give_up(self, message_id: str, session_id: str) -> bool:
+        """End the answer with `upstream_unavailable`, taking the lease from a worker
+        that holds it without progress. False if it moved on meanwhile (keep driving)."""
+        stuck = await self._store.generators.holder(message_id) or ""
+        log.error(
+            "no worker could finish the answer",
+            extra={"message_id": message_id, "detail": f"stuck holder {stuck}" if stuck else ""},
+        )
         if await self._finish_unleased(
-            message_id, session_id, FinishReason.ERROR, ErrorCode.UPSTREAM_UNAVAILABLE
+            message_id, session_id, FinishReason.ERROR, ErrorCode.UPSTREAM_UNAVAILABLE, stuck
         ):
             self._metrics.upstream_failures.inc()
+            return True
+        return False
 
     async def _finish_unleased(
-        self, message_id: str, session_id: str, reason: FinishReason, error: ErrorCode | None
+        self,
+        message_id: str,
+        session_id: str,
+        reason: FinishReason,
+        error: ErrorCode | None,
+        evict: str = "",
     ) -> bool:
-        """Write the final record ourselves, keeping the partial text, if no worker holds it."""
+        """Write the final record ourselves, keeping the partial text, if no worker holds
+        it (or only `evict`, found stalled). True if the answer is over."""
+        meta = await self._store.meta(message_id)
         entries = await self._store.read_entries(message_id)
         chunks = [e for e in entries if isinstance(e, ChunkEntry)]
-        meta = await self._store.meta(message_id)
+        last_seq = chunks[-1].seq if chunks else 0
         outcome = await self._store.finish(
             message_id,
             session_id,
             token="",
-            last_seq=chunks[-1].seq if chunks else 0,
+            # An evicted holder may write after `meta` was read: the finish then finds
+            # another last_seq and refuses (GAP), and the answer is not over.
+            last_seq=max(last_seq, meta.last_seq) if meta else last_seq,
             text="".join(c.delta for c in chunks),
             reason=reason,
             usage=Usage(completion_tokens=meta.completion_tokens if meta else 0),
             error=error,
+            evict=evict,
         )
         return outcome in (FinishOutcome.OK, FinishOutcome.ALREADY_DONE, FinishOutcome.GONE)
 
 
 class WorkerClient:
-    """Calls `POST /v1/generate` through nginx and reads the NDJSON to its outcome."""
+    """Calls `POST /v1/generate` through nginx and reads the NDJSON to its outcome.
 
-    def __init__(self, http: httpx.AsyncClient, worker_url: str) -> None:
+    A call that brings nothing but heartbeats for `idle_limit` seconds is left (the
+    worker lives but its answer does not move): the driver then decides, by the same
+    recovery timeout, to try again or to give up."""
+
+    def __init__(self, http: httpx.AsyncClient, worker_url: str, idle_limit: float) -> None:
         self._http = http
         self._url = worker_url.rstrip("/") + GENERATE_PATH
+        self._idle_limit = idle_limit
 
-    async def __call__(self, message_id: str) -> tuple[CallResult, bool]:
-        progressed = False
+    async def __call__(self, message_id: str) -> tuple[CallResult, float | None]:
+        progressed_at: float | None = None
+        moved = time.monotonic()
         body = GenerateRequest(message_id=message_id).model_dump()
         try:
             async with self._http.stream("POST", self._url, json=body) as resp:
                 if resp.status_code != 200:
                     log.warning("worker refused", extra={"detail": resp.status_code})
-                    return CallResult.RETRY, False
+                    return CallResult.RETRY, None
                 async for line in resp.aiter_lines():
                     if not line:
                         continue
                     event = parse_event(line)
+                    now = time.monotonic()
                     if event.outcome is not None:
                         result = call_result(event.outcome)
-                        return result, progressed or result == CallResult.DONE
+                        return result, now if result == CallResult.DONE else progressed_at
                     if event.event == EventKind.PROGRESS:
-                        progressed = True
+                        progressed_at = moved = now
+                    elif now - moved > self._idle_limit:
+                        log.warning(
+                            "the worker's answer stopped moving; leaving the call",
+                            extra={"detail": f"{now - moved:.1f}s"},
+                        )
+                        return CallResult.RETRY, progressed_at
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("generate call broke", extra={"detail": repr(exc)})
-        return CallResult.RETRY, progressed
+        return CallResult.RETRY, progressed_at

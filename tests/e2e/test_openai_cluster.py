@@ -1,7 +1,8 @@
 """The cluster on the `openai` provider, against a fake OpenAI-compatible SSE server this
 test starts (the outside LLM API is the one part we may fake): answers stream, and a
 worker killed mid-answer is replaced by one that asks the model to continue from the
-text streamed so far."""
+text streamed so far; a model that hangs mid-answer (the worker stays alive and keeps
+its lease) ends the answer with `upstream_unavailable` within the recovery timeout."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from services.common.keys import Keys
 from tests.chat_client import Answer, ChatClient
 from tests.node_probes import generating_worker
 
@@ -23,6 +26,10 @@ pytestmark = pytest.mark.e2e
 WORDS = [f" word{n}" for n in range(80)]
 FULL_ANSWER = "".join(WORDS).strip()
 API_KEY = "sk-test-0123456789"
+RECOVERY_TIMEOUT = 6.0
+#: A prompt with this word gets HANG_AFTER pieces, then nothing (the connection stays open).
+HANG = "hang"
+HANG_AFTER = 3
 
 
 @dataclass
@@ -32,6 +39,8 @@ class FakeModel:
 
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the end of the module: hung responses then end."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -49,7 +58,12 @@ class FakeModel:
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
             )
             pieces = [rest[i : i + 7] for i in range(0, len(rest), 7)]
-            for piece in pieces:
+            hangs = HANG in body["messages"][-1]["content"]
+            for n, piece in enumerate(pieces):
+                if hangs and n == HANG_AFTER:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.release.wait(), 120)
+                    break
                 event = {
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
                 }
@@ -68,6 +82,7 @@ async def fake_model():  # type: ignore[no-untyped-def]
     server = await asyncio.start_server(model.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     yield model, f"http://127.0.0.1:{port}/v1"
+    model.release.set()
     server.close()
     await server.wait_closed()
 
@@ -84,6 +99,7 @@ def openai_cluster(cluster_factory, fake_model):  # type: ignore[no-untyped-def]
             "OPENAI_API_KEY": API_KEY,
             "OPENAI_MODEL": "fake-model",
             "BATCH_MAX_TOKENS": "1",
+            "STREAM_RECOVERY_TIMEOUT": str(RECOVERY_TIMEOUT),
         },
     )
 
@@ -120,3 +136,37 @@ async def test_openai_answer_survives_a_worker_kill(openai_cluster, fake_model) 
     assert takeover[-1]["role"] == "user", "the takeover must ask the model to continue"
     await client.close()
     cluster.wait_healthy(worker, timeout=30)
+
+
+async def test_a_model_that_hangs_mid_answer_ends_it_within_the_recovery_timeout(
+    openai_cluster, fake_model
+) -> None:
+    """The worker lives, heartbeats and renews its lease, but writes nothing more: the
+    gateway leaves the call, takes the lease away and ends the answer with the text so
+    far; the worker's late writes (if the model ever goes on) are refused."""
+    client = ChatClient(openai_cluster.ws_url(f"o-{uuid.uuid4().hex[:10]}", user_id="oa"))
+    await client.connect()
+    ack = await client.chat(f"Count, then {HANG}")
+    answer = await client.read_answer(Answer(ack["message_id"]), stop_after=HANG_AFTER)
+    stalled = time.monotonic()
+    await client.read_answer(answer, timeout=RECOVERY_TIMEOUT + 20)
+    waited = time.monotonic() - stalled
+    print(f"\nhung model: answer ended {waited:.1f}s after its last chunk")
+
+    assert answer.done is not None and answer.done["finish_reason"] == "error"
+    assert [e["code"] for e in answer.errors] == ["upstream_unavailable"]
+    answer.assert_exactly_once()
+    assert answer.text == FULL_ANSWER[: len(answer.text)] and len(answer.seqs) == HANG_AFTER
+    # Never before the recovery timeout; within it plus the heartbeat and polling slack.
+    assert RECOVERY_TIMEOUT - 1 < waited < RECOVERY_TIMEOUT + 5
+    await client.send({"type": "history", "limit": 10})
+    history = await client.recv_until(lambda f: f["type"] == "history")
+    assert history["messages"][-1]["message_id"] == answer.message_id
+    assert history["messages"][-1]["text"] == answer.text
+    # The lease was taken from the stuck worker, and its renewals do not take it back.
+    redis = Redis.from_url(openai_cluster.redis_url, decode_responses=True)
+    try:
+        assert await redis.get(Keys().message_lease(answer.message_id)) is None
+    finally:
+        await redis.aclose()
+    await client.close()

@@ -21,7 +21,7 @@ SHORT_TTL_MS = 300
 
 
 def make_leases(redis: Redis, keys: Keys, ttl_ms: int = TTL_MS) -> Leases:
-    return Leases(redis, keys.message_lease, ttl_ms)
+    return Leases(redis, keys.message_lease, ttl_ms, keys.message_meta)
 
 
 async def acquire(leases: Leases, holder: str = "w1", message_id: str = "m1") -> Lease:
@@ -61,10 +61,24 @@ async def test_renew_extends_only_the_holders_lease(redis: Redis, keys: Keys) ->
     assert await leases.renew("m1", "w2:stale") is False
     assert await redis.pttl(lease.key) <= 1_000
     assert await leases.holder("m1") == lease.token
-    # A lease that lapsed with nobody taking it is taken back by its holder.
+    # A lease that lapsed with nobody taking it is taken back by its holder...
+    await redis.hset(keys.message_meta("m-lapsed"), "status", "streaming")
     assert await leases.renew("m-lapsed", "w2:paused") is True
     assert await leases.holder("m-lapsed") == "w2:paused"
     assert 0 < await redis.pttl(keys.message_lease("m-lapsed")) <= leases.ttl_ms
+
+
+@pytest.mark.parametrize("status", ["done", None])
+async def test_a_lapsed_lease_of_an_answer_that_is_over_is_not_taken_back(
+    redis: Redis, keys: Keys, status: str | None
+) -> None:
+    """Finished (a stuck holder evicted by the finish), or its record is gone."""
+    leases = make_leases(redis, keys)
+    if status is not None:
+        await redis.hset(keys.message_meta("m-over"), "status", status)
+
+    assert await leases.renew("m-over", "w2:evicted") is False
+    assert await leases.holder("m-over") is None
 
 
 async def test_release_drops_only_the_holders_lease_and_is_idempotent(

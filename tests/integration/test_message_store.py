@@ -57,7 +57,12 @@ async def accept(store: MessageStore, client_msg_id: str, text: str = "hello") -
 
 
 async def finish(
-    store: MessageStore, mid: str, token: str, last_seq: int = 0, text: str = "answer"
+    store: MessageStore,
+    mid: str,
+    token: str,
+    last_seq: int = 0,
+    text: str = "answer",
+    evict: str = "",
 ) -> FinishOutcome:
     return await store.finish(
         mid,
@@ -67,6 +72,7 @@ async def finish(
         text=text,
         reason=FinishReason.STOP,
         usage=Usage(prompt_tokens=3, completion_tokens=last_seq),
+        evict=evict,
     )
 
 
@@ -415,6 +421,41 @@ async def test_finish_without_a_token_is_not_checked_for_gaps(store: MessageStor
     assert await finish(store, mid, "", last_seq=1) is FinishOutcome.OK
     meta = await store.meta(mid)
     assert meta is not None and (meta.status, meta.last_seq) == (MessageStatus.DONE, 1)
+
+
+async def test_finish_evicting_the_stuck_holder_ends_the_answer_and_takes_the_lease(
+    store: MessageStore, redis: Redis, keys: Keys
+) -> None:
+    mid, token = await generating(store, "c1", "a", "b")
+
+    assert await finish(store, mid, "", last_seq=2, evict=token) is FinishOutcome.OK
+
+    meta = await store.meta(mid)
+    assert meta is not None and (meta.status, meta.last_seq) == (MessageStatus.DONE, 2)
+    assert await store.generators.holder(mid) is None
+    # The evicted worker, writing on, is refused; nothing follows the final record.
+    assert await append(store, mid, token, 3) is AppendOutcome.LOST
+    entries = await store.read_entries(mid)
+    assert [type(e) for e in entries] == [ChunkEntry, ChunkEntry, DoneEntry]
+
+
+@pytest.mark.parametrize(
+    ("evict", "last_seq", "expected"),
+    [("w9:other", 2, FinishOutcome.LEASED), ("holder", 1, FinishOutcome.GAP)],
+    ids=["another-holder-is-leased", "the-holder-wrote-meanwhile-is-a-gap"],
+)
+async def test_finish_evicting_writes_nothing_unless_it_is_still_stuck(
+    store: MessageStore, redis: Redis, keys: Keys, evict: str, last_seq: int, expected: str
+) -> None:
+    mid, token = await generating(store, "c1", "a", "b")
+    evict = token if evict == "holder" else evict
+
+    assert await finish(store, mid, "", last_seq=last_seq, evict=evict) is expected
+
+    await assert_chunks(store, mid, "a", "b")
+    meta = await store.meta(mid)
+    assert meta is not None and meta.status is MessageStatus.STREAMING
+    assert await store.generators.holder(mid) == token
 
 
 async def test_finish_without_a_token_when_nobody_leases_is_ok(

@@ -198,7 +198,15 @@ _MASTER = r"""
 import signal, subprocess, sys, time
 
 def child(title):
-    return subprocess.Popen([title, "30"], executable="sleep")
+    # Returned once /proc shows the title (Popen may return before the exec).
+    kid = subprocess.Popen([title, "30"], executable="sleep")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{kid.pid}/cmdline", "rb") as f:
+            if f.read().startswith(title.encode()):
+                break
+        time.sleep(0.005)
+    return kid
 
 kids = [child("nginx: worker process")]
 

@@ -89,8 +89,12 @@ class Changes:
 class FakeLeases:
     """Leases of one kind; `holders` is what Redis would hold (message id -> token)."""
 
-    def __init__(self, kind: str, ttl_ms: int, changes: Changes) -> None:
+    def __init__(
+        self, kind: str, ttl_ms: int, changes: Changes, going_on: Callable[[str], bool]
+    ) -> None:
         self.kind = kind
+        self._going_on = going_on
+        """Whether a message's answer goes on (a lapsed lease is taken back only then)."""
         self.ttl_ms = ttl_ms
         self.holders: dict[str, str] = {}
         self.acquired = 0
@@ -121,7 +125,8 @@ class FakeLeases:
     async def renew(self, message_id: str, token: str) -> bool:
         self.renewal_tries += 1
         holder = self.holders.get(message_id)
-        if holder is None and token:  # like lease_renew.lua: a lapsed lease is taken back
+        # Like lease_renew.lua: a lapsed lease is taken back while the answer goes on.
+        if holder is None and token and self._going_on(message_id):
             self.holders[message_id] = holder = token
         ok = holder == token
         if ok:
@@ -158,6 +163,7 @@ class FinishCall:
     reason: FinishReason
     usage: Usage
     error: ErrorCode | None = None
+    evict: str = ""
     outcome: FinishOutcome | None = None
 
 
@@ -169,8 +175,8 @@ class FakeStore:
         self.cancelled: set[str] = set()
         self.histories: dict[str, list[HistoryItem]] = {}
         self.finishes: list[FinishCall] = []
-        self.generators = FakeLeases("lease", lease_ttl_ms, self.changes)
-        self.drivers = FakeLeases("driver", driver_ttl_ms, self.changes)
+        self.generators = FakeLeases("lease", lease_ttl_ms, self.changes, self._going_on)
+        self.drivers = FakeLeases("driver", driver_ttl_ms, self.changes, self._going_on)
         self.before_append: Callable[[int], None] | None = None
         """Called with the seq before each append is decided (to steal a lease, cancel...)."""
         self.before_finish: Callable[[], None] | None = None
@@ -204,6 +210,10 @@ class FakeStore:
             ChunkEntry(seq=i, delta=d, written_ms=0) for i, d in enumerate(deltas, start=1)
         ]
         return meta
+
+    def _going_on(self, message_id: str) -> bool:
+        meta = self.metas.get(message_id)
+        return meta is not None and meta.status != MessageStatus.DONE
 
     def chunks(self, message_id: str = MID) -> list[ChunkEntry]:
         return [e for e in self.streams.get(message_id, []) if isinstance(e, ChunkEntry)]
@@ -293,7 +303,8 @@ class FakeStore:
             self.before_finish()
         holder = self.generators.holders.get(message_id)
         meta = self.metas.get(message_id)
-        if call.token == "" and holder is not None:
+        evicting = call.token == "" and call.evict != "" and holder == call.evict
+        if call.token == "" and holder is not None and not evicting:
             outcome = FinishOutcome.LEASED
         elif call.token != "" and holder not in (None, call.token):
             outcome = FinishOutcome.LOST
@@ -301,7 +312,7 @@ class FakeStore:
             outcome = FinishOutcome.GONE
         elif meta.status == MessageStatus.DONE:
             outcome = FinishOutcome.ALREADY_DONE
-        elif call.token != "" and call.last_seq != meta.last_seq:
+        elif (call.token != "" or evicting) and call.last_seq != meta.last_seq:
             outcome = FinishOutcome.GAP
         else:
             self.streams[message_id].append(
@@ -318,7 +329,7 @@ class FakeStore:
                     created_at=meta.created_at,
                 )
             )
-            if call.token:
+            if call.token or evicting:
                 self.generators.holders.pop(message_id, None)
             outcome = FinishOutcome.OK
         self.finishes.append(dataclasses.replace(call, outcome=outcome))
@@ -355,7 +366,12 @@ class ScriptedWorker:
         self._then = then
         self.calls: list[Call] = []
 
-    async def __call__(self, message_id: str) -> Reply:
+    async def __call__(self, message_id: str) -> tuple[CallResult, float | None]:
+        """The scripted reply, its "progressed" flag as the time of the progress (now)."""
+        result, progressed = await self._next(message_id)
+        return result, time.monotonic() if progressed else None
+
+    async def _next(self, message_id: str) -> Reply:
         self.calls.append(
             Call(
                 message_id,
@@ -523,6 +539,83 @@ async def test_no_progress_past_the_recovery_timeout_ends_the_answer(
     assert h.counter("upstream_unavailable") == 1
     assert len(h.worker.calls) >= 2
     assert h.counter("takeovers") == len(h.worker.calls) - 1
+
+
+def write_chunk(store: FakeStore, delta: str, message_id: str = MID) -> None:
+    """What a worker's append does to the store (without deciding anything)."""
+    meta = store.metas[message_id]
+    seq = meta.last_seq + 1
+    store.streams[message_id].append(ChunkEntry(seq=seq, delta=delta, written_ms=0))
+    store.metas[message_id] = dataclasses.replace(
+        meta, status=MessageStatus.STREAMING, last_seq=seq
+    )
+
+
+async def test_a_stuck_lease_holder_is_evicted_when_the_answer_ends(
+    make_driver: MakeDriver,
+) -> None:
+    """A worker that holds the lease and renews it but writes nothing (its model hangs):
+    the driver ends the answer after the recovery timeout, taking the lease away."""
+    store = FakeStore()
+    store.add(deltas=("Hel", "lo"), completion_tokens=2)
+    store.generators.holders[MID] = "worker-2:7"
+    h = make_driver(store, then=(CallResult.LEASED, False), recovery_timeout=0.2)
+    started = time.monotonic()
+    await h.drive()
+    assert time.monotonic() - started > 0.2
+    (finish,) = store.finishes
+    assert (finish.evict, finish.outcome) == ("worker-2:7", FinishOutcome.OK)
+    assert (finish.last_seq, finish.text, finish.error) == (
+        2,
+        "Hello",
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+    )
+    assert MID not in store.generators.holders
+    assert store.metas[MID].status == MessageStatus.DONE
+    assert h.counter("upstream_unavailable") == 1
+
+
+async def test_a_lease_holder_that_writes_is_waited_for_past_the_recovery_timeout(
+    make_driver: MakeDriver,
+) -> None:
+    store = FakeStore()
+    store.add()
+    store.generators.holders[MID] = "worker-2:7"
+    h = make_driver(
+        store, (CallResult.LEASED, False), (CallResult.DONE, True), recovery_timeout=0.2
+    )
+    h.driver.drive(MID, SID)
+    await h.worker.wait_calls(1)
+    for n in range(8):  # 0.8 s of progress, four recovery timeouts
+        write_chunk(store, f"w{n} ")
+        await asyncio.sleep(0.1)
+    del store.generators.holders[MID]
+    await h.wait_done()
+    assert store.finishes == []
+    assert len(h.worker.calls) == 2
+    assert h.counter("upstream_unavailable") == 0
+
+
+async def test_an_evicted_holder_that_wrote_meanwhile_is_not_cut_off(
+    make_driver: MakeDriver,
+) -> None:
+    """The holder writes between the driver's read and its finish: the finish finds
+    another last_seq (GAP) and the driver goes on; the next give-up keeps that chunk."""
+    store = FakeStore()
+    store.add(deltas=("a",), completion_tokens=1)
+    store.generators.holders[MID] = "worker-2:7"
+    late = ["b"]
+
+    def holder_writes() -> None:
+        if late:
+            write_chunk(store, late.pop())
+
+    store.before_finish = holder_writes
+    h = make_driver(store, then=(CallResult.LEASED, False), recovery_timeout=0.2)
+    await h.drive()
+    assert [f.outcome for f in store.finishes] == [FinishOutcome.GAP, FinishOutcome.OK]
+    assert (store.finishes[-1].last_seq, store.finishes[-1].text) == (2, "ab")
+    assert h.counter("upstream_unavailable") == 1
 
 
 async def test_progress_keeps_the_answer_alive_past_the_recovery_timeout(

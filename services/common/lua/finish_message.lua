@@ -1,5 +1,8 @@
 -- Write an answer's final record (entry id done_entry_id), its history item, and
--- free the session for the next chat. token '' finishes only a message nobody leases.
+-- free the session for the next chat. token '' finishes only a message nobody leases,
+-- or one whose lease is held by `evict` (a generator the caller found stalled past the
+-- recovery timeout): the lease is then deleted, and the stored last_seq must still be
+-- last_seq ('gap' otherwise: the holder moved on after all).
 -- The history item is written only while the message's author still owns the session,
 -- and the session's record, history and message list get the same TTL with it, so the
 -- owner record never expires before its data.
@@ -19,20 +22,23 @@ local outbox_dropped, user_answers = KEYS[9], KEYS[10]
 local token, message_id, stream_ttl_s, history_item_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, last_seq, finish_reason, done_entry_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now_iso, session_ttl_s, outbox_max, event_json = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local done_fields = {unpack(ARGV, 13)}
+local evict = ARGV[13]
+local done_fields = {unpack(ARGV, 14)}
 
 -- #include outbox
 
 local holder = redis.call('GET', lease)
+local evicting = token == '' and evict ~= '' and holder == evict
 if token == '' then
-  if holder then return 'leased' end
+  if holder and not evicting then return 'leased' end
 elseif holder and holder ~= token then
   return 'lost'
 end
 local status = redis.call('HGET', meta, 'status')
 if not status then return 'gone' end
 if status == 'done' then return 'done' end
-if token ~= '' and tonumber(redis.call('HGET', meta, 'last_seq') or '0') ~= tonumber(last_seq) then
+if (token ~= '' or evicting)
+    and tonumber(redis.call('HGET', meta, 'last_seq') or '0') ~= tonumber(last_seq) then
   return 'gap'
 end
 redis.call('XADD', stream, done_entry_id, unpack(done_fields))
@@ -49,6 +55,6 @@ if author and redis.call('HGET', session, 'owner') == author then
     redis.call('EXPIRE', key, session_ttl_s)
   end
 end
-if token ~= '' then redis.call('DEL', lease) end
+if token ~= '' or evicting then redis.call('DEL', lease) end
 add_event(outbox, outbox_dropped, outbox_max, event_json)
 return 'ok'
