@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from services.common.errors import storage_op
 from services.common.events import ChatEvent, EventType
 from services.common.keys import Keys
+from services.common.protocol import split_scope
 from services.common.settings import Settings
 
 #: The consumer group of the drainers.
@@ -66,15 +67,18 @@ class OutboxWriter:
         message_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> dict[str, str | int]:
-        """The args that have the script add this node's event `type_` (changed `at`);
-        the event is built only when events are on."""
+        """The args that have the script add this node's event `type_` (changed `at`)
+        of the session `session_id` (its `session_scope` name); the event is built only
+        when events are on."""
         if self.max_len <= 0:
             return {"outbox_max": 0, "event_json": ""}
+        # Consumers get the session id the client chose, and its user.
+        scope_user, client_session_id = split_scope(session_id)
         event = ChatEvent(
             type=type_,
-            session_id=session_id,
+            session_id=client_session_id,
             node_id=self.node_id,
-            user_id=user_id,
+            user_id=user_id or scope_user or None,
             message_id=message_id,
             at=at,
             data=data or {},

@@ -31,6 +31,21 @@ def valid_session_id(session_id: str) -> bool:
     return _SESSION_ID.fullmatch(session_id) is not None
 
 
+def session_scope(user_id: str, session_id: str) -> str:
+    """The name a session goes by inside the cluster (its Redis keys, channels, message
+    records): `{user_id}/{session_id}`. A session id names one of its user's sessions,
+    so two users who pick the same id have two sessions, and nothing (not even Redis
+    losing every key) can hand one user's session id to another. Session ids hold no
+    `/`, so the name splits one way (`split_scope`)."""
+    return f"{user_id}/{session_id}"
+
+
+def split_scope(scope: str) -> tuple[str, str]:
+    """(user_id, session_id) of a `session_scope` name."""
+    user_id, _, session_id = scope.rpartition("/")
+    return user_id, session_id
+
+
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001

@@ -36,6 +36,7 @@ from services.common.protocol import (
     PongFrame,
     ResumeFrame,
     parse_client_frame,
+    split_scope,
 )
 from services.common.streams import StreamEntry
 from services.common.tasks import cancel_and_wait
@@ -193,7 +194,7 @@ class Connection:
             await self._cancel(frame)
         elif isinstance(frame, HistoryRequestFrame):
             items = await self.ctx.store.history(self.session_id, frame.limit)
-            self.send(HistoryFrame(session_id=self.session_id, messages=items))
+            self.send(HistoryFrame(session_id=split_scope(self.session_id)[1], messages=items))
         elif isinstance(frame, PingFrame):
             self.send(PongFrame(ts=frame.ts))
 

@@ -16,6 +16,7 @@ from services.common.protocol import (
     ErrorFrame,
     WelcomeFrame,
     encode,
+    session_scope,
     valid_session_id,
 )
 from services.ws_gateway.auth import AuthError, authenticate, token_from_subprotocols
@@ -64,32 +65,37 @@ def chat_router() -> APIRouter:
             log.info("refused a token", extra={"detail": str(exc)})
             await ws.close(code=CloseCode.UNAUTHORIZED, reason=str(exc)[:120])
             return
+        # Inside the cluster the session is its user's: another user's same id is
+        # another session (see session_scope).
+        scope = session_scope(user_id, session_id)
         try:
-            _, created = await ctx.sessions.open(session_id, user_id)
+            _, created = await ctx.sessions.open(scope, user_id)
             if created:
-                await ctx.notifier.session_changed(session_id)
+                await ctx.notifier.session_changed(scope)
         except Forbidden:
-            log.info("refused another user's session", extra={"user_id": user_id})
+            # Only a keyspace that disagrees with itself: the record under this user's
+            # name names another owner.
+            log.error("a session record names another owner", extra={"user_id": user_id})
             await ws.close(code=CloseCode.FORBIDDEN, reason="session belongs to another user")
             return
         except StorageError:
             log.exception("session store unavailable")
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
             return
-        conn = Connection(ws, ctx, session_id, user_id)
-        ctx.hub.join(session_id, conn)
+        conn = Connection(ws, ctx, scope, user_id)
+        ctx.hub.join(scope, conn)
         ctx.metrics.connections.inc()
         try:
             # Join before listing streams, so an answer starting now is listed or pushed
             # (a push before the welcome is queued waits for it: see Connection.run).
             try:
-                await ctx.notifier.join(session_id)
+                await ctx.notifier.join(scope)
                 welcome = WelcomeFrame(
                     session_id=session_id,
                     user_id=user_id,
                     node_id=settings.node_id,
                     server_time=now_iso(),
-                    streams=await ctx.store.session_streams(session_id),
+                    streams=await ctx.store.session_streams(scope),
                 )
             except StorageError:
                 log.exception("could not join the session's notices or list its streams")
@@ -98,7 +104,7 @@ def chat_router() -> APIRouter:
             await conn.run(welcome)
         finally:
             ctx.metrics.connections.dec()
-            ctx.hub.leave(session_id, conn)
-            ctx.notifier.leave(session_id)
+            ctx.hub.leave(scope, conn)
+            ctx.notifier.leave(scope)
 
     return router

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
-from services.common.protocol import PROTOCOL_VERSION, HistoryFrame
+from services.common.protocol import PROTOCOL_VERSION, HistoryFrame, session_scope
 from services.ws_gateway.auth import AuthError, authenticate
 from services.ws_gateway.context import NodeContext
 
@@ -30,7 +30,8 @@ def rest_router() -> APIRouter:
         authorization: str = Header(default=""),
         user_id: str | None = None,
     ) -> HistoryFrame:
-        """The session's recent messages; `Authorization: Bearer TOKEN`, owner only."""
+        """The recent messages of the caller's session `session_id`;
+        `Authorization: Bearer TOKEN`."""
         ctx: NodeContext = request.state.ctx
         token = authorization.removeprefix("Bearer ").strip() or None
         try:
@@ -39,12 +40,13 @@ def rest_router() -> APIRouter:
             )
         except AuthError as exc:
             raise HTTPException(401, str(exc)) from exc
-        owner = await ctx.sessions.owner(session_id)
+        scope = session_scope(uid, session_id)  # only this user's session of that id
+        owner = await ctx.sessions.owner(scope)
         if owner is None:
             raise HTTPException(404, "no such session")
-        if owner != uid:
+        if owner != uid:  # a keyspace that disagrees with itself
             raise HTTPException(403, "session belongs to another user")
-        items = await ctx.store.history(session_id, max(1, min(limit, 1000)))
+        items = await ctx.store.history(scope, max(1, min(limit, 1000)))
         return HistoryFrame(session_id=session_id, messages=items)
 
     return router

@@ -90,12 +90,39 @@ async def test_foreign_origin_is_refused_with_403(cluster) -> None:
     await allowed.close()
 
 
-async def test_another_users_session_is_refused_with_4403(cluster) -> None:
+async def test_another_user_with_the_same_session_id_gets_a_session_of_its_own(
+    cluster,
+) -> None:
+    """A session id is its user's: the intruder's welcome lists none of the owner's
+    answers, its history is empty, and its chat does not reach the owner's history."""
     session = sid()
     owner = ChatClient(cluster.ws_url(session, user_id="owner"))
     await owner.connect()
+    ack = await owner.chat("a secret question")
+    await owner.read_answer(Answer(ack["message_id"]))
+    intruder = ChatClient(cluster.ws_url(session, user_id="intruder"))
+    welcome = await intruder.connect()
+    assert (welcome["session_id"], welcome["user_id"], welcome["streams"]) == (
+        session,
+        "intruder",
+        [],
+    )
+    assert await history_messages(intruder) == []
+    other = await intruder.chat("the intruder's question")
+    assert other["type"] == "ack"  # not busy: the owner's session is not this one
+    await intruder.read_answer(Answer(other["message_id"]))
+    owners = [m["text"] for m in await history_messages(owner)]
+    assert owners[0] == "a secret question" and len(owners) == 2
+    intruders = [m["text"] for m in await history_messages(intruder)]
+    assert intruders[0] == "the intruder's question" and len(intruders) == 2
     await owner.close()
-    assert await closed_with(cluster.ws_url(session, user_id="intruder")) == 4403
+    await intruder.close()
+
+
+async def history_messages(client: ChatClient) -> list[dict[str, object]]:
+    await client.send({"type": "history", "limit": 50})
+    frame = await client.recv_until(lambda f: f["type"] == "history")
+    return list(frame["messages"])
 
 
 async def test_malformed_frames_get_bad_request_and_the_connection_stays(cluster) -> None:
