@@ -219,14 +219,9 @@ def _values(layout: NginxLayout) -> dict[str, str]:
     run = layout.run_dir
     if run is None:
         # The nginx image sends /dev/stdout and /dev/stderr to `docker logs`.
-        error_log, pid_line, access_log, temp_paths = (
-            "error_log /dev/stderr warn;",
-            "",
-            "/dev/stdout",
-            "",
-        )
+        error_path, pid_line, access_log, temp_paths = "/dev/stderr", "", "/dev/stdout", ""
     else:
-        error_log = f"error_log {_quote(run / 'logs' / 'nginx-error.log')} warn;"
+        error_path = _quote(run / "logs" / "nginx-error.log")
         pid_line = f"pid {_quote(run / 'nginx' / 'nginx.pid')};"
         access_log = _quote(run / "logs" / "nginx-access.log")
         temp_paths = "".join(
@@ -238,7 +233,8 @@ def _values(layout: NginxLayout) -> dict[str, str]:
         "worker_count": str(len(layout.workers)),
         "rlimit_nofile": str(layout.rlimit_nofile),
         "user_line": f"user {layout.user};" if layout.user else "",
-        "error_log_line": error_log,
+        "error_log_line": f"error_log {error_path} warn;",
+        "public_error_log": f"error_log {error_path} crit;",
         "pid_line": pid_line,
         "access_log": access_log,
         "temp_paths": temp_paths,

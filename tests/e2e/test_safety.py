@@ -93,6 +93,16 @@ async def test_no_token_in_any_file_of_the_run_dir(cluster: ClusterHandle) -> No
     )
     assert frame["user_id"] == user + "x"
 
+    # Past the per-address handshake limit nginx refuses (429) and writes an error
+    # line quoting the request line, query string and token included, unless the
+    # public server keeps such lines out of its error log.
+    stormer = _source_address()
+    url = cluster.ws_url(_session(), token=in_query).replace("ws://", "http://")
+    transport = httpx.AsyncHTTPTransport(local_address=stormer)
+    async with httpx.AsyncClient(transport=transport, timeout=10) as http:
+        statuses = [(await http.get(url)).status_code for _ in range(150)]
+    assert 429 in statuses, "the storm did not reach the limit"
+
     access_log = cluster.run_dir / "logs" / "nginx-access.log"
 
     def our_lines() -> list[str]:

@@ -136,9 +136,16 @@ def test_status_and_frontend_servers(tmp_path: Path) -> None:
 def test_local_paths_stay_in_the_run_dir(tmp_path: Path) -> None:
     conf = _local(tmp_path)
     for directive in ("pid", "error_log", "client_body_temp_path", "proxy_temp_path"):
-        (line,) = [ln for ln in conf.splitlines() if ln.strip().startswith(directive + " ")]
-        assert str(tmp_path) in line, line
+        lines = [ln for ln in conf.splitlines() if ln.strip().startswith(directive + " ")]
+        assert lines and all(str(tmp_path) in line for line in lines), lines
     assert "/var/" not in conf and "daemon" not in conf
+
+
+def test_the_public_server_logs_no_error_line_that_would_quote_a_token(tmp_path: Path) -> None:
+    """nginx's error lines quote the request line with its query string."""
+    public = _server(_local(tmp_path), "127.0.0.1:9080")
+    (line,) = [ln.strip() for ln in public.splitlines() if ln.strip().startswith("error_log ")]
+    assert line.endswith(" crit;"), line
 
 
 def test_compose_mode(tmp_path: Path) -> None:
