@@ -13,6 +13,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from services.ai_worker.aftercare import Aftercare
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.node import Worker
 from services.ai_worker.routes import generate_router
@@ -48,6 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loops.start("event-drainer", EventDrainer(outbox, settings, registry).run)
             store = MessageStore.from_settings(redis, settings)
             worker = Worker(settings, store, metrics, http)
+            if settings.finished_watch_s > 0:
+                aftercare = Aftercare(store, worker.recent, metrics, settings.node_id)
+                loops.start("aftercare", aftercare.run)
             # Drained first: the answers finishing now write their events while the
             # drainer still runs.
             stack.push_async_callback(worker.drain)

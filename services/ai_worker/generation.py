@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from services.ai_worker.aftercare import FinishedAnswer
 from services.ai_worker.batcher import TokenBatcher, batch_events
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers.base import (
@@ -19,8 +20,10 @@ from services.ai_worker.providers.base import (
     GenerationRequest,
     ModelProvider,
     ProviderError,
+    chunk_tokens,
 )
 from services.common.clock import now_ms
+from services.common.events import new_event_id
 from services.common.generate import Outcome
 from services.common.lease import Lease
 from services.common.logging import message_id_var, session_id_var
@@ -91,8 +94,8 @@ class Generation:
         self._written: dict[int, tuple[str, int]] = {}
         """seq -> (delta, written_ms) of the chunks this generation wrote, to write them
         again identically if Redis loses them."""
-        self.finished_with: tuple[str, FinishReason, Usage] | None = None
-        """(session_id, reason, usage) when this generation wrote the final record."""
+        self.finished: FinishedAnswer | None = None
+        """What this generation wrote, once it wrote the final record (for aftercare)."""
 
     async def run(self) -> None:
         message_id_var.set(self.message_id)
@@ -188,7 +191,8 @@ class Generation:
                     self.progress.update(last_seq=last_seq)
             finally:
                 await events.aclose()
-        finished = await self._finish(meta, token, text, DoneEntry(last_seq, reason, usage))
+        final, event_id = DoneEntry(last_seq, reason, usage), new_event_id()
+        finished = await self._finish(meta, token, text, final, event_id=event_id)
         if finished == FinishOutcome.GAP:
             await self._lose(meta, token, lease)
             return
@@ -204,7 +208,9 @@ class Generation:
             self.progress.update(last_seq=last_seq, outcome=Outcome.LOST)
             return
         if finished == FinishOutcome.OK:
-            self.finished_with = (meta.session_id, reason, usage)
+            self.finished = FinishedAnswer(
+                self.message_id, meta.session_id, text, final, dict(self._written), event_id
+            )
             self._metrics.finished.labels(reason.value).inc()
         log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})
         self.progress.update(last_seq=last_seq, outcome=Outcome.DONE)
@@ -232,12 +238,19 @@ class Generation:
             token=token,
             seq=seq,
             delta=delta,
-            tokens=_estimate_tokens(delta),
+            tokens=chunk_tokens(delta),
             written_ms=written_ms,
         )
 
     async def _finish(
-        self, meta: MessageMeta, token: str, text: str, final: DoneEntry, *, repair: bool = True
+        self,
+        meta: MessageMeta,
+        token: str,
+        text: str,
+        final: DoneEntry,
+        *,
+        repair: bool = True,
+        event_id: str | None = None,
     ) -> FinishOutcome:
         """Write the final record; if Redis lost chunks first, write them again first
         (with `repair`; without, a GAP is returned as it is)."""
@@ -251,6 +264,7 @@ class Generation:
                 reason=final.finish_reason,
                 usage=final.usage,
                 error=final.error,
+                event_id=event_id,
             )
             if outcome != FinishOutcome.GAP or not repair:
                 return outcome
@@ -316,8 +330,3 @@ class Generation:
                 break
             turns.append(ChatTurn(role=item.role, content=item.text))
         return turns[-limit:]
-
-
-def _estimate_tokens(text: str) -> int:
-    """Providers report usage only at the end; this keeps a running count across takeovers."""
-    return max(1, len(text.split()))

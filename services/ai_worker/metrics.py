@@ -20,6 +20,14 @@ class WorkerMetrics:
         self.chunks_rewritten = m.counter(
             "chunks_rewritten", "Chunks Redis lost that the worker wrote again from memory"
         )
+        self.finished_rewritten = m.counter(
+            "finished_rewritten",
+            "Finished answers Redis lost (restart, failover) that the worker wrote again",
+        )
+        self.finished_lost = m.counter(
+            "finished_lost",
+            "Finished answers Redis lost that the worker could not write again",
+        )
         self.provider_errors = m.counter("provider_errors", "Model provider failures")
         self.leased_elsewhere = m.counter(
             "leased_elsewhere", "Requests for answers another worker holds"

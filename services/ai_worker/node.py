@@ -1,7 +1,8 @@
 """The worker node: its in-flight generations, one task per message, owned here.
 
 A generation's `message.completed` event is written by the finish script itself (see
-MessageStore.finish), in the same step as the final record.
+MessageStore.finish), in the same step as the final record. What a generation wrote
+of an answer it finished stays in `recent` for a while, for aftercare.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 import httpx
 
+from services.ai_worker.aftercare import RecentlyFinished
 from services.ai_worker.generation import Generation
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers import build_provider
@@ -38,6 +40,8 @@ class Worker:
         self.provider = build_provider(settings, http)
         self.running: dict[str, tuple[Generation, asyncio.Task[None]]] = {}
         self.draining = False
+        self.recent = RecentlyFinished(settings.finished_watch_s, settings.finished_watch_max)
+        """What was written of the answers finished lately (see aftercare.py)."""
 
     def ready_problem(self) -> str | None:
         return "draining" if self.draining else None
@@ -64,6 +68,8 @@ class Worker:
         finally:
             self.metrics.in_flight.dec()
             self.running.pop(gen.message_id, None)
+            if gen.finished is not None:
+                self.recent.add(gen.finished)
             if gen.progress.outcome == Outcome.LEASED:
                 self.metrics.leased_elsewhere.inc()
 

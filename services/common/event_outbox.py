@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common.errors import storage_op
-from services.common.events import ChatEvent, EventType
+from services.common.events import ChatEvent, EventType, new_event_id
 from services.common.keys import Keys
 from services.common.protocol import split_scope
 from services.common.settings import Settings
@@ -66,15 +66,17 @@ class OutboxWriter:
         user_id: str | None = None,
         message_id: str | None = None,
         data: dict[str, Any] | None = None,
+        event_id: str | None = None,
     ) -> dict[str, str | int]:
         """The args that have the script add this node's event `type_` (changed `at`)
         of the session `session_id` (its `session_scope` name); the event is built only
-        when events are on."""
+        when events are on. `event_id` is given to write an event again, identically."""
         if self.max_len <= 0:
             return {"outbox_max": 0, "event_json": ""}
         # Consumers get the session id the client chose, and its user.
         scope_user, client_session_id = split_scope(session_id)
         event = ChatEvent(
+            event_id=event_id or new_event_id(),
             type=type_,
             session_id=client_session_id,
             node_id=self.node_id,

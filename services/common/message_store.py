@@ -324,6 +324,25 @@ class MessageStore:
         )
 
     @storage_op
+    async def finish_states(self, message_ids: list[str]) -> list[tuple[MessageStatus | None, int]]:
+        """(status, last_seq) of each message's record ((None, 0) when it is gone)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.hmget(self._k.message_meta(message_id), "status", "last_seq")
+            replies = await pipe.execute()
+        return [
+            (MessageStatus(status) if status else None, int(last_seq or 0))
+            for status, last_seq in replies
+        ]
+
+    @storage_op
+    async def server_run_id(self) -> str:
+        """The `run_id` of the Redis server answering: another one after a restart or a
+        failover."""
+        info = await self._r.info("server")
+        return str(info["run_id"])
+
+    @storage_op
     async def stream_exists(self, message_id: str) -> bool:
         return bool(await self._r.exists(self._k.message_stream(message_id)))
 
@@ -354,10 +373,12 @@ class MessageStore:
         usage: Usage,
         error: ErrorCode | None = None,
         evict: str = "",
+        event_id: str | None = None,
     ) -> FinishOutcome:
         """Write the final record. `token=""` finishes only a message nobody leases, or
         one still leased by `evict` (a holder found stalled): its lease is then taken
         away, provided the stored last_seq is still `last_seq` (else `GAP`).
+        `event_id` is the id of the event when writing a lost final record again.
 
         The answer goes into the session's history only while the message's author
         still owns the session (else the owner record is gone or another user's). An
@@ -396,6 +417,7 @@ class MessageStore:
                     finished_at,
                     message_id=message_id,
                     data={"finish_reason": reason.value, "usage": usage.model_dump()},
+                    event_id=event_id,
                 ),
             },
             rest=_pairs(fields),

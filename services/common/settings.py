@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     openai_timeout: float = 60.0
     worker_drain_timeout: float = 10.0
     """On SIGTERM a worker finishes in-flight answers for this long, then hands them over."""
+    finished_watch_s: float = Field(default=30.0, ge=0)
+    """A worker keeps what it wrote of each finished answer this long, to write it again
+    if Redis loses it (a restart, a failover); 0 turns this off."""
+    finished_watch_max: int = Field(default=5_000, ge=0)
+    """At most this many finished answers are kept so (the oldest go first)."""
 
     @property
     def origins(self) -> frozenset[str]:

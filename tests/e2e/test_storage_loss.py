@@ -5,12 +5,15 @@ complete and exactly once, or with a `state_lost` error; nobody waits forever.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.chat_client import ChatClient
+from tests.node_probes import metric
 from tests.storage_faults import CLIENTS, ENV, Timed, assert_never_silent, start_answers
 
 pytestmark = pytest.mark.e2e
@@ -62,3 +65,48 @@ async def test_redis_kill9_mid_stream_ends_every_answer(storage_cluster) -> None
             assert await run.kept_text(storage_cluster) == run.answer.text
     print(f"\nredis kill -9 mid-stream: {completed} answers completed, {lost} told state_lost")
     storage_cluster.wait_healthy("redis", timeout=30)
+
+
+def newest_incr_aof(redis_dir: Path) -> Path:
+    """The append-only file Redis (7) writes to now: the incr file of the highest number."""
+    files = list((redis_dir / "appendonlydir").glob("*.incr.aof"))
+    assert files, f"no incr AOF under {redis_dir}"
+    return max(files, key=lambda p: int(p.name.split(".")[-3]))
+
+
+async def test_answers_redis_lost_after_their_done_are_written_again(storage_cluster) -> None:
+    """Redis comes back without its last writes (the second its append-only file had
+    not synced; a failover to a replica that missed them) after the answers had ended
+    with `done`: their last chunks, final records and history items are gone. The
+    workers that finished them see another server and write them again from memory,
+    identically, so history holds what each client was shown."""
+    cluster = storage_cluster
+
+    def rewritten() -> float:
+        return sum(
+            metric(cluster.node_url(w), "worker_finished_rewritten_total")
+            for w in cluster.worker_names
+        )
+
+    before = rewritten()
+    runs = await start_answers(cluster, "afterdone", "Tell me a long story about storage.")
+    aof = newest_incr_aof(cluster.run_dir / "redis")
+    kept = aof.stat().st_size  # Redis writes its AOF before it answers: all acked so far
+    await asyncio.gather(*(run.follow() for run in runs))
+    for run in runs:
+        assert run.answer.done is not None and run.answer.done["finish_reason"] == "stop"
+        run.answer.assert_exactly_once()
+    cluster.stop_process("redis")
+    assert aof.stat().st_size > kept
+    with aof.open("r+b") as f:
+        f.truncate(kept)  # what Redis will come back with
+    cluster.start_process("redis")
+
+    deadline = time.monotonic() + 20
+    for run in runs:
+        while (kept_text := await run.kept_text(cluster)) != run.answer.text:
+            assert time.monotonic() < deadline, f"history kept {kept_text[:60]!r}..."
+            await asyncio.sleep(0.2)
+    assert rewritten() - before == len(runs)
+    for run in runs:
+        await run.client.close()

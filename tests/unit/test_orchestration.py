@@ -164,6 +164,7 @@ class FinishCall:
     usage: Usage
     error: ErrorCode | None = None
     evict: str = ""
+    event_id: str | None = None
     outcome: FinishOutcome | None = None
 
 
@@ -341,6 +342,12 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels or None)
     assert value is not None, name
     return value
+
+
+def finished_with(gen: Generation) -> tuple[str, FinishReason, Usage] | None:
+    """(session_id, reason, usage) of the final record the generation wrote, if any."""
+    f = gen.finished
+    return None if f is None else (f.session_id, f.final.finish_reason, f.final.usage)
 
 
 # --- Driver ----------------------------------------------------------------------------
@@ -893,7 +900,7 @@ async def test_a_fresh_generation_appends_seq_1_to_n_and_finishes(store: FakeSto
     assert (finish.usage, finish.outcome) == (usage, FinishOutcome.OK)
     progress = r.generation.progress
     assert (progress.outcome, progress.last_seq) == (Outcome.DONE, 4)
-    assert r.generation.finished_with == (SID, FinishReason.STOP, usage)
+    assert finished_with(r.generation) == (SID, FinishReason.STOP, usage)
     assert MID not in store.generators.holders
     (request,) = r.provider.requests
     assert request.prompt == "What is up?"
@@ -954,7 +961,7 @@ async def test_lost_when_an_append_finds_the_lease_taken(store: FakeStore) -> No
     assert (progress.outcome, progress.last_seq) == (Outcome.LOST, 1)
     assert seqs_and_deltas(store) == [(1, "a")]
     assert store.finishes == []  # it does not finish
-    assert r.generation.finished_with is None
+    assert r.generation.finished is None
     assert store.generators.holders[MID] == "worker-2:9"  # and leaves the new lease alone
     assert r.provider.closed == 1
 
@@ -974,7 +981,7 @@ async def test_lost_when_another_worker_took_the_lease_at_the_finish(store: Fake
     # Nothing was finished: the gateway must call again (DONE would stop its driver),
     # and no "completed" event may be published for it.
     assert r.generation.progress.outcome == Outcome.LOST
-    assert r.generation.finished_with is None
+    assert r.generation.finished is None
     assert r.counter("answers_finished", finish_reason="stop") == 0
     assert store.generators.holders[MID] == "worker-2:9"  # the new holder finishes
 
@@ -992,7 +999,7 @@ async def test_a_lease_that_lapsed_with_nobody_taking_it_still_finishes(store: F
     usage = Usage(prompt_tokens=7, completion_tokens=2)
     assert store.done_entry() == DoneEntry(2, FinishReason.STOP, usage)
     assert r.generation.progress.outcome == Outcome.DONE
-    assert r.generation.finished_with == (SID, FinishReason.STOP, usage)
+    assert finished_with(r.generation) == (SID, FinishReason.STOP, usage)
     assert MID not in store.generators.holders
 
 
@@ -1045,8 +1052,8 @@ async def test_a_cancel_flag_mid_answer_finishes_with_cancelled(store: FakeStore
     assert (finish.reason, finish.text, finish.last_seq) == (FinishReason.CANCELLED, "ab", 2)
     assert store.done_entry() is not None
     assert r.generation.progress.outcome == Outcome.DONE
-    assert r.generation.finished_with is not None
-    assert r.generation.finished_with[1] == FinishReason.CANCELLED
+    finished = finished_with(r.generation)
+    assert finished is not None and finished[1] == FinishReason.CANCELLED
     assert r.provider.closed == 1  # the model's stream is closed, not left to the GC
 
 
@@ -1059,7 +1066,7 @@ async def test_a_provider_error_releases_the_lease_and_reports_failed(store: Fak
     assert seqs_and_deltas(store) == [(1, "a"), (2, "b")]  # kept for the next try
     assert store.finishes == []
     assert MID not in store.generators.holders
-    assert r.generation.finished_with is None
+    assert r.generation.finished is None
     assert r.counter("provider_errors") == 1
 
 
@@ -1210,7 +1217,7 @@ async def test_chunks_lost_right_before_the_finish_are_written_again_first(
         4, FinishReason.STOP, Usage(prompt_tokens=7, completion_tokens=4)
     )
     assert r.generation.progress.outcome == Outcome.DONE
-    assert r.generation.finished_with == (
+    assert finished_with(r.generation) == (
         SID,
         FinishReason.STOP,
         Usage(prompt_tokens=7, completion_tokens=4),

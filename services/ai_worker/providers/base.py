@@ -79,6 +79,12 @@ def estimate_tokens(text: str) -> int:
     return len(text.split())
 
 
+def chunk_tokens(text: str) -> int:
+    """Providers report usage only at the end; this keeps a running count across
+    takeovers (at least 1 a chunk)."""
+    return max(1, estimate_tokens(text))
+
+
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
     """Estimated prompt size: the prompt plus every history turn."""
     return estimate_tokens(request.prompt) + sum(
