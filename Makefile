@@ -55,7 +55,8 @@ bench: $(STAMP)
 
 # Issue 7: 100 clients for ~3 minutes of seeded faults on a cluster of its own (free
 # loopback ports); prints a table, exits non-zero if a guarantee broke. CHAOS_ARGS adds
-# options (python -m tests.chaos --help), e.g. CHAOS_ARGS="--seed 3 --duration 60".
+# options (python -m tests.chaos --help), e.g. CHAOS_ARGS="--seed 3 --duration 60";
+# REDIS_HA=sentinel make chaos kills the Redis primary under Sentinel instead.
 chaos: $(STAMP)
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 

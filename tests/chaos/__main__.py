@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 import tempfile
@@ -27,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--recovery-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--redis-ha",
+        choices=("none", "sentinel"),
+        default=os.environ.get("REDIS_HA") or "none",
+        help="sentinel: primary + replica + 3 Sentinels; redis-kill9 kills the primary "
+        "(default: $REDIS_HA, else none)",
+    )
     parser.add_argument("--interval", type=float, nargs=2, default=(2.0, 6.0))
     parser.add_argument(
         "--kinds", default=",".join(FAULT_KINDS), help=f"comma-separated, of {FAULT_KINDS}"
@@ -48,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(tempfile.mkdtemp(prefix="chaos-")),
         args.gateways,
         args.workers,
+        redis_ha=args.redis_ha,
         extra_env={
             "AUTH_DEV_MODE": "true",
             "JWT_SECRET": secrets.token_hex(16),
@@ -57,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(spec, out=lambda _line: None)
     print(
         f"chaos: seed {cfg.seed}, {cfg.clients} clients, {cfg.duration:.0f}s of faults, "
-        f"{args.gateways} gateways + {args.workers} workers in {spec.run_dir}"
+        f"{args.gateways} gateways + {args.workers} workers, redis {args.redis_ha}, "
+        f"in {spec.run_dir}"
     )
     started = time.monotonic()
     try:
