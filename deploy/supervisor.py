@@ -66,9 +66,10 @@ def build_processes(
             "--bind",
             "127.0.0.1",
             # Sessions, owners, history and in-flight answers must survive a
-            # restart of Redis: append-only file, fsync once a second (a crash of
-            # the machine loses at most the last second; a crash of Redis itself
-            # loses nothing it acknowledged). No RDB snapshots on top.
+            # restart of Redis: append-only file, fsync once a second (a crash
+            # loses at most the last second or two: while an fsync is slow, Redis
+            # may answer before the write is in the file; the workers write lost
+            # chunks again). No RDB snapshots on top.
             "--appendonly",
             "yes",
             "--appendfsync",
