@@ -78,6 +78,7 @@ class Lease:
 
     async def _renew_forever(self) -> None:
         while not self.released and not self.lost:
+            raise_if_cancelling()  # redis-py may end a cancelled call as if it ran
             await asyncio.sleep(self._leases.ttl_ms / 3000)
             try:
                 await self.renew()
