@@ -49,9 +49,11 @@ lint: $(STAMP)
 	$(PY) -m nginx.render check
 	$(PY) -m nginx.render check --sticky consistent
 
+# Issue 8: ours next to a bare uvicorn ceiling and a python-socketio peer, same load
+# generator; results in bench-results/<timestamp>/. BENCH_QUICK=1 for small sizes
+# (about two minutes); BENCH_ARGS adds options (python -m tests.bench --help).
 bench: $(STAMP)
-	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
-	else echo "no benchmarks yet (tests/bench/__main__.py)"; fi
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 # Issue 7: 100 clients for ~3 minutes of seeded faults on a cluster of its own (free
 # loopback ports); prints a table, exits non-zero if a guarantee broke. CHAOS_ARGS adds

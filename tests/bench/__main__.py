@@ -1,157 +1,270 @@
-"""`make bench`: numbers from a real local cluster on free loopback ports.
+"""`make bench`: ours side by side with a bare ceiling and a python-socketio peer.
 
-Prints: chunks delivered per second with N clients streaming at once (paced like a
-real model, and at full speed), resume time after kill -9 of a gateway, takeover
-time after kill -9 of a worker, and memory per idle connection. Traffic goes to
-127.0.0.0/8 only; every loop is bounded; the clusters are stopped at the end.
+Scenarios (each on targets started fresh on free loopback ports, driven by the same
+load generator, tests/bench/loadgen.py, from many 127.x.y.1 sources):
+
+- `paced`: N concurrent streams of 200-token answers at 40 tokens/s (25 ms / 16-token
+  batching): time to first chunk, gaps, duration / ideal, chunks/s, CPU per 1,000 chunks.
+- `fullspeed`: N streams of 1,000 one-token chunks as fast as they go.
+- `idle`: N connections held open: RSS per connection by process kind.
+- `failover` (ours only): kill -9 of a gateway mid-answer (resume to the next chunk) and
+  of the generating worker (takeover to the next chunk).
+
+Results go to bench-results/<timestamp>/: results.json, summary.md and PNG plots.
+`BENCH_QUICK=1` (or --quick) runs small sizes in about a minute or two; `--smoke` the
+smallest, for `make test` (no timing is asserted anywhere). Traffic goes to 127.0.0.0/8
+only; every target is stopped at the end, whatever happened.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import json
 import os
+import re
 import signal
-import statistics
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
 from deploy.cluster import Cluster, ClusterSpec
 from services.common.keys import Keys
+from tests.bench import procstats
+from tests.bench.baselines.launch import start_bare, start_socketio
+from tests.bench.loadgen import StreamsResult, Summary, hold_idle, run_streams, summarize
+from tests.bench.report import write_report
+from tests.bench.targets import CHAT_V1, FULL_SPEED, PACED, ModelShape, Target
 from tests.chat_client import Answer, ChatClient
-from tests.node_probes import metric, rss_bytes
+
+SCENARIOS = ("paced", "fullspeed", "idle", "failover")
+TARGETS = ("ours", "bare", "socketio")
 
 
-def start_cluster(gateways: int, workers: int, env: dict[str, str]) -> Cluster:
+@dataclass(frozen=True)
+class Sizes:
+    paced_streams: int
+    fullspeed_streams: int
+    idle_connections: int
+    idle_hold_s: float
+    failover_rounds: int
+
+
+FULL = Sizes(1000, 100, 10_000, 10.0, 10)
+QUICK = Sizes(100, 20, 1000, 3.0, 3)
+SMOKE = Sizes(4, 2, 20, 0.5, 1)
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+def _kind(name: str) -> str:
+    """gateway-2 -> gateway; nginx, redis, kafka stay."""
+    return name.split("-")[0] if re.fullmatch(r"(gateway|worker)-\d+", name) else name
+
+
+@contextmanager
+def ours(shape: ModelShape, run_root: Path) -> Iterator[tuple[Target, Cluster]]:
     spec = ClusterSpec.on_free_ports(
-        Path(tempfile.mkdtemp(prefix="bench-")),
-        gateways,
-        workers,
-        extra_env={"AUTH_DEV_MODE": "true", **env},
+        Path(tempfile.mkdtemp(prefix="ours-", dir=run_root)),
+        3,
+        3,
+        extra_env={"AUTH_DEV_MODE": "true", **shape.env()},
     )
     cluster = Cluster(spec, out=lambda _line: None)
-    if not cluster.up():
-        raise SystemExit("the bench cluster did not come up")
-    return cluster
+    try:
+        if not cluster.up():
+            raise SystemExit(f"our cluster did not come up (logs in {spec.run_dir}/logs)")
+        pids: dict[str, list[int]] = {}
+        for name, pid in cluster.pids().items():
+            if pid:
+                pids.setdefault(_kind(name), []).append(pid)
+        url = f"ws://127.0.0.1:{spec.public_port}/ws/chat"
+        yield Target("ours", CHAT_V1, url, pids), cluster
+    finally:
+        cluster.stop()
 
 
-def ws_url(cluster: Cluster, session: str, user: str) -> str:
-    return (
-        f"ws://127.0.0.1:{cluster.spec.public_port}/ws/chat?session_id={session}"
-        f"&user_id={user}&token=dev-token"
+@contextmanager
+def started(
+    name: str, shape: ModelShape, run_root: Path
+) -> Iterator[tuple[Target, Cluster | None]]:
+    if name == "ours":
+        with ours(shape, run_root) as (target, cluster):
+            yield target, cluster
+        return
+    start = start_bare if name == "bare" else start_socketio
+    baseline = start(shape, Path(tempfile.mkdtemp(prefix=f"{name}-", dir=run_root)))
+    with baseline:
+        yield baseline.target, None
+
+
+# --- scenarios -------------------------------------------------------------------------
+
+
+def _summary(s: Summary | None, scale: float = 1.0) -> dict[str, float] | None:
+    if s is None:
+        return None
+    return {k: round(v * scale, 4) for k, v in asdict(s).items() if k != "n"} | {"n": s.n}
+
+
+def streams_run(
+    target: Target,
+    shape: ModelShape,
+    streams: int,
+    procs: int,
+    progress: bool,
+    delays: Callable[[], dict[float, float]] | None = None,
+) -> dict[str, Any]:
+    """Drive `streams` answers at once; client figures, CPU by process kind, and (ours)
+    the delay from a worker's write to the gateway's send, from `delays`."""
+    before = procstats.snapshot(target.pids)
+    delay_before = delays() if delays else None
+    result = run_streams(
+        target, streams=streams, procs=procs, timeout=600.0, progress=progress, first_octet=10
+    )
+    after = procstats.snapshot(target.pids)
+    cpu = after.cpu_since(before)
+    chunks = result.chunks
+    per_1000 = {k: round(v / chunks * 1000, 4) for k, v in cpu.items()} if chunks else {}
+    if per_1000:
+        per_1000["total"] = round(sum(per_1000.values()), 4)
+    return {
+        "streams": streams,
+        "answers": result.total,
+        "ok": result.ok,
+        "failed": result.failed,
+        "not_exactly_once": result.not_exactly_once,
+        "errors": result.errors,
+        "refusals": result.refusals,
+        "connect_failures": result.connect_failures,
+        "usage_wrong": usage_wrong(result, shape),
+        "chunks": chunks,
+        "measured_s": round(result.measured_s, 3),
+        "chunks_per_s": round(result.chunks_per_second, 1),
+        "ttfc_ms": _summary(result.ttfc(), 1000),
+        "gap_ms": _summary(result.gaps(), 1000),
+        "duration_ratio": _summary(result.duration_ratio(shape)),
+        "chunk_delay_ms": chunk_delay_summary(delay_before, delays() if delays else None),
+        "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "cpu_s_per_1000_chunks": per_1000,
+        "rss_mib": {k: round(v / 2**20, 1) for k, v in after.rss.items()},
+        "throughput": [(round(t, 2), round(r, 1)) for t, r in result.throughput(1.0)],
+    }
+
+
+def usage_wrong(result: StreamsResult, shape: ModelShape) -> int | None:
+    """Completed answers whose reported completion tokens are not the model's own count
+    (known only when every answer has the same length)."""
+    if shape.min_tokens != shape.max_tokens:
+        return None
+    return sum(
+        1
+        for a in result.answers
+        if a.error is None
+        and (a.usage or {}).get("completion_tokens", shape.max_tokens) != shape.max_tokens
     )
 
 
-async def streaming(cluster: Cluster, clients: int, label: str) -> None:
-    """N clients on N /24s chat at once; every answer is checked for exactly-once."""
-    conns = [
-        ChatClient(
-            ws_url(cluster, f"bench-{label}-{n}", f"u{n}"),
-            local_ip=f"127.{1 + n // 250}.{n % 250 + 1}.1",
-        )
-        for n in range(clients)
-    ]
-    await asyncio.gather(*(c.connect() for c in conns))
+def chunk_delay_summary(
+    before: dict[float, float] | None, after: dict[float, float] | None
+) -> dict[str, float] | None:
+    """p50/p95/p99 (ms) of the histogram's growth, interpolated within buckets."""
+    if before is None or after is None:
+        return None
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    out: dict[str, float] = {"n": total}
+    for q in (50, 95, 99):
+        rank = total * q / 100
+        lower_le, lower_n = 0.0, 0.0
+        for le, n in counts:
+            if n >= rank:
+                span = n - lower_n
+                frac = (rank - lower_n) / span if span else 0.0
+                upper = le if le != float("inf") else lower_le
+                out[f"p{q}"] = round((lower_le + (upper - lower_le) * frac) * 1000, 2)
+                break
+            lower_le, lower_n = le, n
+    return out
 
-    async def one(client: ChatClient, n: int) -> Answer:
-        ack = await client.chat(f"Benchmark question {n} about distributed systems")
-        return await client.read_answer(Answer(ack["message_id"]), timeout=300)
 
-    started = time.monotonic()
-    answers = await asyncio.gather(*(one(c, n) for n, c in enumerate(conns)))
-    elapsed = time.monotonic() - started
-    for answer in answers:
-        answer.assert_exactly_once()
-    chunks = sum(len(a.seqs) for a in answers)
-    chars = sum(len(a.text) for a in answers)
-    print(
-        f"{label:>10}: {clients} clients, {chunks} chunks in {elapsed:.2f}s = "
-        f"{chunks / elapsed:,.0f} chunks/s ({chars / elapsed / 1024:,.0f} KiB/s of text), "
-        "every answer exactly once"
+_BUCKET = re.compile(r'^gateway_chunk_delay_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$')
+
+
+def gateway_delays(cluster: Cluster) -> dict[float, float]:
+    """The gateways' histogram of worker write -> gateway send, summed (le -> count)."""
+    total: dict[float, float] = {}
+    for name in cluster.spec.gateway_names:
+        url = f"http://127.0.0.1:{cluster.spec.node_port(name)}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if m := _BUCKET.match(line):
+                    le = float(m[1])
+                    total[le] = total.get(le, 0.0) + float(m[2])
+    return total
+
+
+def idle_run(target: Target, connections: int, hold_s: float, procs: int, progress: bool) -> dict:
+    """Hold `connections` sockets; RSS growth per connection by process kind."""
+    before = procstats.snapshot(target.pids)
+    during: list[procstats.Snapshot] = []
+
+    def measure() -> None:
+        time.sleep(min(2.0, hold_s / 2))  # let allocators settle (a measurement, not a sync)
+        during.append(procstats.snapshot(target.pids))
+
+    result = hold_idle(
+        target,
+        connections=connections,
+        hold_s=hold_s,
+        procs=procs,
+        progress=progress,
+        on_connected=measure,
+        first_octet=10,
     )
-    delay_sum = sum(
-        metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_sum")
-        for g in cluster.spec.gateway_names
-    )
-    delay_n = sum(
-        metric(_gw_url(cluster, g), "gateway_chunk_delay_seconds_count")
-        for g in cluster.spec.gateway_names
-    )
-    if delay_n:
-        print(
-            f"{'':>10}  worker->gateway chunk delay, mean over the run: "
-            f"{delay_sum / delay_n * 1000:.1f} ms"
-        )
-    await asyncio.gather(*(c.close() for c in conns))
+    grown = during[0].rss_since(before) if during else {}
+    held = max(result.connected, 1)
+    per_conn = {k: round(v / held / 1024, 2) for k, v in grown.items()}
+    edge = {"ours": ("gateway", "nginx"), "socketio": ("server", "nginx"), "bare": ("server",)}
+    per_conn["edge_total"] = round(sum(per_conn.get(k, 0.0) for k in edge[target.name]), 2)
+    per_conn["all_total"] = round(sum(v for k, v in per_conn.items() if k != "edge_total"), 2)
+    return {
+        "requested": connections,
+        "connected": result.connected,
+        "dropped": result.dropped,
+        "connect_failures": result.connect_failures,
+        "connect_s": result.connect_s,
+        "rss_kib_per_connection": per_conn,
+    }
 
 
-def _gw_url(cluster: Cluster, name: str) -> str:
-    return f"http://127.0.0.1:{cluster.spec.node_port(name)}"
-
-
-async def kill_and_time_next_chunk(pid: int, client: ChatClient, answer: Answer) -> float:
-    """kill -9 `pid`, follow the answer to the end (reconnecting as needed), and return
-    the seconds from the kill to the first chunk after it."""
+async def _kill_and_time(pid: int, client: ChatClient, answer: Answer) -> float:
     killed = time.monotonic()
     os.killpg(pid, signal.SIGKILL)
     before = len(answer.seqs)
     follow = asyncio.create_task(client.follow_resilient(answer, timeout=120))
-    # Polls the client's own list: a benchmark probe, not a synchronisation point.
-    while len(answer.seqs) == before and not follow.done():  # noqa: ASYNC110
-        await asyncio.sleep(0.005)
+    while len(answer.seqs) == before and not follow.done():  # noqa: ASYNC110 - a probe
+        await asyncio.sleep(0.002)
     gap = time.monotonic() - killed
     await follow
     answer.assert_exactly_once()
     return gap
 
 
-async def gateway_kill(cluster: Cluster, rounds: int) -> None:
-    """kill -9 the client's gateway mid-answer; time until the next chunk arrives."""
-    gaps = []
-    for r in range(rounds):
-        client = ChatClient(ws_url(cluster, f"bench-gk-{r}", "gk"), local_ip=f"127.0.{r + 1}.9")
-        welcome = await client.connect()
-        ack = await client.chat("A question whose answer outlives its gateway")
-        answer = await client.read_answer(Answer(ack["message_id"]), stop_after=5)
-        pid = cluster.pids()[welcome["node_id"]]
-        gaps.append(await kill_and_time_next_chunk(pid, client, answer))
-        await client.close()
-        _wait_healthy(cluster, welcome["node_id"])
-    print(
-        f"gateway kill -9 -> next chunk on another node: median {statistics.median(gaps):.3f}s,"
-        f" max {max(gaps):.3f}s over {rounds} rounds (client reconnects at once)"
-    )
-
-
-async def worker_kill(cluster: Cluster, rounds: int) -> None:
-    """kill -9 the generating worker mid-answer; time until the next chunk arrives."""
-    gaps = []
-    redis = Redis.from_url(cluster.spec.redis_url, decode_responses=True)
-    try:
-        for r in range(rounds):
-            client = ChatClient(ws_url(cluster, f"bench-wk-{r}", "wk"))
-            await client.connect()
-            ack = await client.chat("A question whose answer outlives its worker")
-            mid = ack["message_id"]
-            answer = await client.read_answer(Answer(mid), stop_after=5)
-            worker = (await redis.get(Keys().message_lease(mid))).split(":")[0]
-            gaps.append(await kill_and_time_next_chunk(cluster.pids()[worker], client, answer))
-            await client.close()
-            _wait_healthy(cluster, worker)
-    finally:
-        await redis.aclose()
-    lease = os.environ.get("LEASE_TTL_MS", "2000")
-    print(
-        f"worker kill -9 -> next chunk from another worker: median "
-        f"{statistics.median(gaps):.3f}s, max {max(gaps):.3f}s over {rounds} rounds "
-        f"(bounded by the lease, LEASE_TTL_MS={lease})"
-    )
-
-
-def _wait_healthy(cluster: Cluster, name: str, timeout: float = 30.0) -> None:
+def _wait_healthy(cluster: Cluster, name: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not (cluster.pids().get(name) and cluster.probe(name).ok):
         if time.monotonic() > deadline:
@@ -159,60 +272,133 @@ def _wait_healthy(cluster: Cluster, name: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-async def idle_memory(cluster: Cluster, count: int) -> None:
-    """Open `count` idle sockets to one gateway (directly) and divide its RSS growth."""
-    name = cluster.spec.gateway_names[0]
-    pid = cluster.pids()[name]
-    url = (
-        f"ws://127.0.0.1:{cluster.spec.node_port(name)}/ws/chat?token=dev-token"
-        "&user_id=idle&session_id="
-    )
-    warm = [ChatClient(url + f"warm-{n}") for n in range(50)]
-    await asyncio.gather(*(c.connect() for c in warm))
-    before = rss_bytes(pid)
-    conns: list[ChatClient] = []
-    for start in range(0, count, 200):
-        batch = [ChatClient(url + f"idle-{n}") for n in range(start, min(count, start + 200))]
-        await asyncio.gather(*(c.connect() for c in batch))
-        conns.extend(batch)
-    await asyncio.sleep(1.0)  # let the allocator settle before reading RSS
-    after = rss_bytes(pid)
-    print(
-        f"idle connections: {count} sockets on {name} grew its RSS by "
-        f"{(after - before) / 2**20:.1f} MiB = {(after - before) / count / 1024:.1f} KiB each"
-    )
-    await asyncio.gather(*(c.close() for c in conns + warm))
+async def failover_run(cluster: Cluster, rounds: int) -> dict[str, Any]:
+    """kill -9 the client's gateway, then the generating worker, mid-answer."""
+    url = f"ws://127.0.0.1:{cluster.spec.public_port}/ws/chat?token=dev-token&user_id=fo"
+    gateway, worker = [], []
+    redis = Redis.from_url(cluster.spec.redis_url, decode_responses=True)
+    try:
+        for r in range(rounds):
+            client = ChatClient(f"{url}&session_id=fo-g{r}", local_ip=f"127.9.{r + 1}.1")
+            welcome = await client.connect()
+            ack = await client.chat("A question whose answer outlives its gateway")
+            answer = await client.read_answer(Answer(ack["message_id"]), stop_after=3)
+            pid = cluster.pids()[welcome["node_id"]]
+            gateway.append(await _kill_and_time(pid, client, answer))
+            await client.close()
+            _wait_healthy(cluster, welcome["node_id"])
+
+            client = ChatClient(f"{url}&session_id=fo-w{r}", local_ip=f"127.9.{r + 101}.1")
+            await client.connect()
+            ack = await client.chat("A question whose answer outlives its worker")
+            mid = ack["message_id"]
+            answer = await client.read_answer(Answer(mid), stop_after=3)
+            holder = await redis.get(Keys().message_lease(mid))
+            name = str(holder).split(":")[0]
+            worker.append(await _kill_and_time(cluster.pids()[name], client, answer))
+            await client.close()
+            _wait_healthy(cluster, name)
+    finally:
+        await redis.aclose()
+    return {
+        "rounds": rounds,
+        "gateway_kill_resume_ms": _summary(summarize(gateway), 1000),
+        "worker_kill_takeover_ms": _summary(summarize(worker), 1000),
+        "lease_ttl_ms": 2000,
+    }
 
 
-async def main(args: argparse.Namespace) -> None:
-    paced = start_cluster(3, 3, {})
-    try:
-        await streaming(paced, args.clients, "paced")
-        await gateway_kill(paced, args.rounds)
-        await worker_kill(paced, args.rounds)
-        await idle_memory(paced, args.idle)
-    finally:
-        paced.stop()
-    # As fast as the cluster can go: one token per chunk, 1,000-chunk answers.
-    fast = start_cluster(
-        3,
-        3,
-        {
-            "SIM_TOKENS_PER_SECOND": "0",
-            "BATCH_MAX_TOKENS": "1",
-            "SIM_MIN_TOKENS": "1000",
-            "SIM_MAX_TOKENS": "1000",
-        },
+# --- main ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> Path:
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    sizes = Sizes(
+        args.paced_streams or sizes.paced_streams,
+        args.fullspeed_streams or sizes.fullspeed_streams,
+        args.idle or sizes.idle_connections,
+        sizes.idle_hold_s,
+        args.rounds or sizes.failover_rounds,
     )
-    try:
-        await streaming(fast, args.clients, "full-speed")
-    finally:
-        fast.stop()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    run_root = Path(tempfile.mkdtemp(prefix="bench-"))
+    progress = sys.stderr.isatty() and not args.smoke
+    results: dict[str, Any] = {
+        "started": stamp,
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "sizes": asdict(sizes),
+        "scenarios": {},
+    }
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    for scenario in args.scenarios:
+        shape = FULL_SPEED if scenario == "fullspeed" else PACED
+        got: dict[str, Any] = {"shape": asdict(shape), "targets": {}}
+        results["scenarios"][scenario] = got
+        targets = ["ours"] if scenario == "failover" else args.targets
+        for name in targets:
+            say(f"bench: {scenario} on {name}")
+            if scenario == "failover":
+                with ours(shape, run_root) as (_target, cluster):
+                    got["targets"][name] = asyncio.run(failover_run(cluster, sizes.failover_rounds))
+                continue
+            with started(name, shape, run_root) as (target, cluster):
+                if scenario == "idle":
+                    got["targets"][name] = idle_run(
+                        target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress
+                    )
+                else:
+                    streams = (
+                        sizes.paced_streams if scenario == "paced" else sizes.fullspeed_streams
+                    )
+                    delays = partial(gateway_delays, cluster) if cluster else None
+                    got["targets"][name] = streams_run(
+                        target, shape, streams, args.procs, progress, delays
+                    )
+            say(f"bench: {scenario} on {name}: {_headline(got['targets'][name])}")
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, out)
+    return out
+
+
+def _headline(r: dict[str, Any]) -> str:
+    if "chunks_per_s" in r:
+        return (
+            f"{r['ok']}/{r['answers']} ok, {r['chunks_per_s']:,.0f} chunks/s, "
+            f"cpu/1000 chunks {r['cpu_s_per_1000_chunks'].get('total', 0):.3f}s"
+        )
+    if "rss_kib_per_connection" in r:
+        return f"{r['connected']}/{r['requested']} held, {r['rss_kib_per_connection']} KiB/conn"
+    return json.dumps(r)[:200]
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK")))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (make test)")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--paced-streams", type=int, default=0)
+    parser.add_argument("--fullspeed-streams", type=int, default=0)
+    parser.add_argument("--idle", type=int, default=0, help="idle connections")
+    parser.add_argument("--rounds", type=int, default=0, help="failover rounds")
+    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args(argv)
+    # A SIGTERM (`timeout`, a CI job cancelled) unwinds like Ctrl-C: every target started
+    # is stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    out = run(args)
+    print((out / "summary.md").read_text())
+    print(f"results in {out}/ (results.json, summary.md, *.png)")
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--idle", type=int, default=1000)
-    asyncio.run(main(parser.parse_args()))
+    sys.exit(main())

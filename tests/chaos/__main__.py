@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 from deploy.cluster import Cluster, ClusterSpec
 from tests.chaos.checker import check
 from tests.chaos.runner import FAULT_KINDS, ChaosConfig, chaos_env, run_chaos
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         "--kinds", default=",".join(FAULT_KINDS), help=f"comma-separated, of {FAULT_KINDS}"
     )
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the cluster is stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown or not 1 <= args.clients <= 2000 or not 0 < args.duration <= 3600:

@@ -35,7 +35,9 @@ async def run_worker(redis_url: str, answers: SimulatedAnswers, name: str) -> No
     try:
         async with asyncio.TaskGroup() as group:
             while True:
-                reply = await jobs.brpop([JOBS_KEY], timeout=0)
+                # A short block, again and again: redis-py 8 times out a read that
+                # waits longer than its socket timeout, even under BRPOP 0.
+                reply = await jobs.brpop([JOBS_KEY], timeout=1)
                 if reply is None:
                     continue
                 group.create_task(_answer(manager, answers, json.loads(reply[1])))
