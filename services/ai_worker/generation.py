@@ -46,7 +46,9 @@ MAX_REPAIRS = 3
 
 @dataclass
 class Progress:
-    """What listeners of a generation see; each listener gets its own wake-up event."""
+    """What listeners of a generation see: the last seq written, and the outcome. Each
+    listener gets its own event, set once the outcome is known (not on every chunk: the
+    route reports the seq on its own clock, see routes.py)."""
 
     last_seq: int = 0
     outcome: Outcome | None = None
@@ -68,8 +70,8 @@ class Progress:
             self.last_seq = last_seq
         if outcome is not None:
             self.outcome, self.detail = outcome, detail
-        for event in self._listeners:
-            event.set()
+            for event in self._listeners:
+                event.set()
 
 
 class Generation:

@@ -1,8 +1,8 @@
 """The gateway-worker contract of `POST /v1/generate`, parsed on both ends.
 
-The gateway posts a `GenerateRequest`; the worker answers with NDJSON: `progress`
-lines carrying the last seq written, `heartbeat` lines while nothing changes, and
-one last line whose event is an `Outcome`. A worker that is shutting down answers
+The gateway posts a `GenerateRequest`; the worker answers with NDJSON, a line a
+second: `progress` carrying the last seq written when it moved, else `heartbeat`;
+then one last line whose event is an `Outcome`, as soon as it is known. A worker that is shutting down answers
 503 with `{"event": "draining"}`. Chunks themselves never travel here: they go
 through the message's Redis stream.
 """

@@ -276,5 +276,19 @@ class PongFrame(BaseModel):
 
 
 def encode(frame: BaseModel) -> str:
-    """Serialise a server frame, leaving out optional fields that do not apply."""
+    """Serialise a server frame, leaving out optional fields that do not apply. A chunk
+    (the per-chunk path) is written by hand: the same text, a tenth of the time."""
+    if type(frame) is ChunkFrame:
+        return encode_chunk(frame.message_id, frame.seq, frame.delta)
     return frame.model_dump_json(exclude_none=isinstance(frame, ErrorFrame))
+
+
+def encode_chunk(message_id: str, seq: int, delta: str) -> str:
+    """`encode(ChunkFrame(...))` without pydantic: compact JSON, UTF-8 kept as it is."""
+    return (
+        f'{{"type":"chunk","message_id":{_json_str(message_id)},"seq":{int(seq)},'
+        f'"delta":{_json_str(delta)}}}'
+    )
+
+
+_json_str = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -131,7 +131,10 @@ class Follower:
         mid = self.message_id
         for entry in self.cursor.accept(entries):
             if isinstance(entry, ChunkEntry):
-                frames.append(ChunkFrame(message_id=mid, seq=entry.seq, delta=entry.delta))
+                # Built without validation: the entry was decoded and checked already.
+                frames.append(
+                    ChunkFrame.model_construct(message_id=mid, seq=entry.seq, delta=entry.delta)
+                )
                 chunks.append(entry)
             elif isinstance(entry, DoneEntry):
                 if entry.error is not None:

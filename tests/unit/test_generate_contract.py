@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from pydantic import ValidationError
 
+from services.ai_worker import routes
+from services.ai_worker.generation import Progress
 from services.common.generate import (
     EventKind,
     GenerateEvent,
@@ -160,3 +163,41 @@ def test_backoff_defaults_start_at_first() -> None:
     backoff = Backoff()
     assert backoff.next() == backoff.first
     assert backoff.next() == 2 * backoff.first
+
+
+class _Gen:
+    """What `progress_lines` reads of a Generation."""
+
+    def __init__(self) -> None:
+        self.progress = Progress()
+
+
+async def test_progress_lines_report_the_seq_on_a_clock_not_per_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(routes, "HEARTBEAT_S", 0.05)
+    gen = _Gen()
+    lines: list[GenerateEvent] = []
+
+    async def read() -> None:
+        async for line in routes.progress_lines(gen):  # type: ignore[arg-type]
+            lines.append(parse_event(line))
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    for seq in range(1, 201):  # 200 chunks in a burst
+        gen.progress.update(last_seq=seq)
+    async with asyncio.timeout(2.0):  # until a quiet tick follows the burst
+        while not any(
+            e.event == EventKind.HEARTBEAT and any(p.last_seq == 200 for p in lines[:i])
+            for i, e in enumerate(lines)
+        ):
+            await asyncio.sleep(0.01)
+    gen.progress.update(last_seq=200, outcome=Outcome.DONE)
+    await asyncio.wait_for(reader, 2.0)
+    kinds = [e.event for e in lines]
+    assert kinds[-1] == Outcome.DONE and lines[-1].last_seq == 200
+    progress = [e.last_seq for e in lines if e.event == EventKind.PROGRESS]
+    assert 200 in progress  # the burst is reported...
+    assert len(progress) <= 3  # ...in a line or two, not 200
+    assert EventKind.HEARTBEAT in kinds  # and the quiet tick after it is a heartbeat

@@ -451,3 +451,25 @@ def test_encode_is_one_json_text() -> None:
     text = encode(ChunkFrame(message_id="m", seq=1, delta="a\nb"))
     assert "\n" not in text
     assert json.loads(text)["delta"] == "a\nb"
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        "plain words ",
+        'quotes " and \\ backslashes',
+        "lines\nand\ttabs\r\x00\x1f controls",
+        "ünïcödé, 中文, emoji 🙂, U+2028 \u2028 and U+2029 \u2029",
+        "",
+        "</script><!-- -->",
+    ],
+)
+def test_the_hand_written_chunk_frame_is_pydantics_text(delta: str) -> None:
+    frame = ChunkFrame(message_id="m_0123abcd", seq=42, delta=delta)
+    assert encode(frame) == frame.model_dump_json()
+    assert json.loads(encode(frame)) == {
+        "type": "chunk",
+        "message_id": "m_0123abcd",
+        "seq": 42,
+        "delta": delta,
+    }
