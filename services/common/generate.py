@@ -2,9 +2,9 @@
 
 The gateway posts a `GenerateRequest`; the worker answers with NDJSON, a line a
 second: `progress` carrying the last seq written when it moved, else `heartbeat`;
-then one last line whose event is an `Outcome`, as soon as it is known. A worker that is shutting down answers
-503 with `{"event": "draining"}`. Chunks themselves never travel here: they go
-through the message's Redis stream.
+then one last line whose event is an `Outcome`, as soon as it is known. A worker
+that is shutting down answers 503 with `{"event": "draining"}`. Chunks themselves
+never travel here: they go through the message's Redis stream.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ async def test_progress_lines_report_the_seq_on_a_clock_not_per_chunk(
     for seq in range(1, 201):  # 200 chunks in a burst
         gen.progress.update(last_seq=seq)
     async with asyncio.timeout(2.0):  # until a quiet tick follows the burst
-        while not any(
+        while not any(  # noqa: ASYNC110 - polls the lines the reader task collects
             e.event == EventKind.HEARTBEAT and any(p.last_seq == 200 for p in lines[:i])
             for i, e in enumerate(lines)
         ):
