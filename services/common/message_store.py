@@ -35,7 +35,7 @@ from services.common.protocol import (
     StreamInfo,
     Usage,
 )
-from services.common.scripts import ACCEPT_CHAT, APPEND_CHUNK, FINISH_MESSAGE
+from services.common.scripts import ACCEPT_CHAT, APPEND_CHUNK, FINISH_MESSAGE, CoalescedScript
 from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry, Fields, decode_entry, done_fields
 
@@ -165,7 +165,8 @@ class MessageStore:
         self._active_ttl_ms = min(ACTIVE_TTL_MS, session_ttl * 1000)
         self._history_max = history_max
         self._accept = ACCEPT_CHAT.bind(redis)
-        self._append = APPEND_CHUNK.bind(redis)
+        # The chunks of every answer a worker generates go to Redis together.
+        self._append = CoalescedScript(APPEND_CHUNK, redis)
         self._finish = FINISH_MESSAGE.bind(redis)
         self.generators = Leases(redis, keys.message_lease, lease_ttl_ms, keys.message_meta)
         self.drivers = Leases(redis, keys.message_driver, driver_ttl_ms, keys.message_meta)

@@ -22,6 +22,8 @@ which is replaced, when the script is loaded, by the text of `lua/lib/outbox.lua
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from services.common.errors import StorageError
 
@@ -166,6 +168,74 @@ class BoundScript:
             return await self._registered(keys=key_list, args=arg_list)
         except RedisError as exc:
             raise StorageError(f"{self.script.name}: {exc}") from exc
+
+
+class CoalescedScript:
+    """A script whose calls from many tasks go to Redis together: every call made in
+    one turn of the event loop joins one pipeline (one write, one read), so a worker
+    generating hundreds of answers sends their chunks in a few round trips, not one
+    each. Each caller still gets its own reply, or its own StorageError.
+
+    Calls are EVALSHA; a reply of NOSCRIPT (Redis restarted empty) loads the script
+    and sends those calls again. A caller cancelled while its call waits does not take
+    it back: the call may still run, as a cancel that lands after a command is sent."""
+
+    def __init__(self, script: LuaScript, redis: Redis, max_batch: int = 512) -> None:
+        self.script = script
+        self._r = redis
+        self._sha = hashlib.sha1(script.source.encode()).hexdigest()
+        self._max_batch = max_batch
+        self._queue: list[tuple[list[str], list[Scalar], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __call__(
+        self,
+        *,
+        keys: Mapping[str, str],
+        args: Mapping[str, Scalar],
+        rest: Sequence[Scalar] = (),
+    ) -> Any:
+        key_list, arg_list = self.script.call_args(keys, args, rest)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((key_list, arg_list, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=f"{self.script.name}-batch")
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # the other calls of this turn join the batch
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            try:
+                replies = await self._send(batch)
+            except RedisError as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(StorageError(f"{self.script.name}: {exc}"))
+                continue
+            for (*_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(StorageError(f"{self.script.name}: {reply}"))
+                else:
+                    future.set_result(reply)
+
+    async def _send(self, batch: list[tuple[list[str], list[Scalar], Any]]) -> list[Any]:
+        replies = await self._pipeline(batch)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._r.script_load(self.script.source)
+            again = await self._pipeline([batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, batch: list[tuple[list[str], list[Scalar], Any]]) -> list[Any]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for key_list, arg_list, _ in batch:
+                pipe.evalsha(self._sha, len(key_list), *key_list, *arg_list)
+            return list(await pipe.execute(raise_on_error=False))
 
 
 def _same_names(script: str, what: str, expected: tuple[str, ...], got: Mapping[str, Any]) -> None:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     """A worker's lease on a message; renewed every third of it while generating."""
     stall_check_interval: float = 1.0
     """How often a gateway looks for followed streams nobody is generating."""
+    relay_batch_ms: float = Field(default=5.0, ge=0, le=50)
+    """After a relay read that brought chunks, the gateway waits this long before the
+    next: under load each read (which names every followed stream) then brings many
+    chunks. Adds at most this much to a chunk's way; 0 reads again at once."""
 
     # --- gateway -> worker -------------------------------------------------------------
     worker_url: str = "http://127.0.0.1:8081"

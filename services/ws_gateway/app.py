@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 hub,
                 metrics,
                 on_reconnect=audit.storage_reconnected,
+                batch_s=settings.relay_batch_ms / 1000,
             )
             notifier = Notifier(
                 redis,

@@ -44,7 +44,11 @@ class Relay:
         hub: Hub,
         metrics: GatewayMetrics,
         on_reconnect: Callable[[], None] | None = None,
+        batch_s: float = 0.0,
     ) -> None:
+        """`batch_s`: after a read that brought entries, wait this long before the next
+        one, so that under load one XREAD (naming every followed stream) brings many
+        entries instead of one or two."""
         self._r = redis
         self._br = blocking_redis
         self._k = keys
@@ -52,6 +56,7 @@ class Relay:
         self._hub = hub
         self._metrics = metrics
         self._on_reconnect = on_reconnect
+        self._batch_s = batch_s
         """Called when Redis answers again after a failed read (it may have lost data)."""
         self._wake_position = "0-0"
         """The last wake entry read. Reading from "$" instead would miss a wake-up
@@ -87,7 +92,8 @@ class Relay:
                     log.warning("relay reconnected to redis")
                     if self._on_reconnect is not None:
                         self._on_reconnect()
-                await self.read_once()
+                if await self.read_once() and self._batch_s > 0:
+                    await asyncio.sleep(self._batch_s)
                 backoff = 0.1
             except RedisError as exc:
                 raise_if_cancelling()
@@ -96,8 +102,9 @@ class Relay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def read_once(self, block_ms: int = BLOCK_MS) -> None:
-        """One XREAD over every followed stream and the wake stream."""
+    async def read_once(self, block_ms: int = BLOCK_MS) -> int:
+        """One XREAD over every followed stream and the wake stream; returns how many
+        stream entries it delivered."""
         reading = {s.key: s for s in self._hub.to_read()}
         streams = {
             self._wake_key: self._wake_position,
@@ -106,6 +113,7 @@ class Relay:
         reply = await self._br.xread(streams, count=COUNT_PER_STREAM, block=block_ms)
         self._metrics.reader_batches.inc()
         now = time.monotonic()
+        delivered = 0
         for key, raw_entries in reply or []:
             if key == self._wake_key and raw_entries:
                 self._wake_position = raw_entries[-1][0]
@@ -113,7 +121,9 @@ class Relay:
             stream = reading.get(key)
             if stream is None or not raw_entries:
                 continue
+            delivered += len(raw_entries)
             self._hub.deliver(stream, raw_entries[-1][0], self._decode(stream, raw_entries), now)
+        return delivered
 
     def _decode(
         self, stream: FollowedStream, raw: list[tuple[str, dict[str, str]]]

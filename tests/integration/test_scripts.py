@@ -4,6 +4,7 @@ before anything reaches Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -276,3 +277,84 @@ def test_a_library_using_keys_or_argv_is_refused_by_the_signature() -> None:
     )
     with pytest.raises(ScriptSignatureError, match="KEYS/ARGV used past the bindings"):
         parse_signature("s", source)
+
+
+# --- CoalescedScript ---------------------------------------------------------------------
+
+
+async def _renew_calls(script: scripts.CoalescedScript, keys: Keys, n: int) -> list[object]:
+    """n lease renewals from n tasks at once: each with its own lease and token."""
+    return list(
+        await asyncio.gather(
+            *(
+                script(
+                    keys={"lease": keys.message_lease(f"m{i}"), "meta": keys.message_meta(f"m{i}")},
+                    args={"token": f"t{i}", "ttl_ms": 30_000},
+                )
+                for i in range(n)
+            )
+        )
+    )
+
+
+async def test_coalesced_calls_of_one_turn_go_in_one_pipeline_each_with_its_reply(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = scripts.CoalescedScript(scripts.LEASE_RENEW, redis)
+    sizes: list[int] = []
+    pipeline = script._pipeline
+
+    async def counted(batch: list[tuple[list[str], list[scripts.Scalar], object]]) -> list[object]:
+        sizes.append(len(batch))
+        return await pipeline(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(script, "_pipeline", counted)
+    for i in range(0, 50, 2):  # every other lease is held by its own token
+        await redis.set(keys.message_lease(f"m{i}"), f"t{i}", px=1_000)
+    for i in range(1, 50, 2):  # the others by somebody else
+        await redis.set(keys.message_lease(f"m{i}"), "other", px=1_000)
+
+    replies = await _renew_calls(script, keys, 50)
+
+    assert replies == [1 if i % 2 == 0 else 0 for i in range(50)]
+    assert sizes == [50]  # one round trip for all fifty
+    assert await redis.pttl(keys.message_lease("m0")) > 1_000  # renewed
+    assert await redis.pttl(keys.message_lease("m1")) <= 1_000  # not
+
+
+async def test_coalesced_calls_load_the_script_again_after_redis_lost_it(
+    redis: Redis, keys: Keys
+) -> None:
+    script = scripts.CoalescedScript(scripts.LEASE_RENEW, redis)
+    await redis.set(keys.message_lease("m0"), "t0", px=1_000)
+    await redis.script_flush()  # as an emptied or restarted Redis
+
+    assert await _renew_calls(script, keys, 3) == [1, 0, 0]
+
+
+async def test_coalesced_calls_fail_alone_or_together_as_storage_errors(
+    redis: Redis, keys: Keys
+) -> None:
+    script = scripts.CoalescedScript(scripts.LEASE_RENEW, redis)
+    await redis.set(keys.message_lease("m0"), "t0", px=1_000)
+    await redis.set(keys.message_lease("bad"), "t0")
+    await redis.lpush(keys.message_meta("bad"), "not a hash")  # HGET on a list errors
+    await redis.delete(keys.message_lease("bad"))
+
+    good = script(
+        keys={"lease": keys.message_lease("m0"), "meta": keys.message_meta("m0")},
+        args={"token": "t0", "ttl_ms": 30_000},
+    )
+    bad = script(
+        keys={"lease": keys.message_lease("bad"), "meta": keys.message_meta("bad")},
+        args={"token": "t0", "ttl_ms": 30_000},
+    )
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] == 1
+    assert isinstance(results[1], StorageError) and "lease_renew" in str(results[1])
+
+    offline = scripts.CoalescedScript(scripts.LEASE_RENEW, unreachable_redis())
+    together = await asyncio.gather(
+        *(_renew_calls(offline, keys, 1) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, StorageError) for r in together)
