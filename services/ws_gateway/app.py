@@ -1,9 +1,10 @@
 """The gateway's app factory: the lifespan builds the node and yields it as state.
 
-Routes: `/ws/chat` (endpoint.py), the REST surface under `/api/` (rest.py) and the
-ops routes. The node's long-lived loops (relay reader, stall watcher, notifier, state
-audit, and the event drainer unless KAFKA_ENABLED=false) run under a `TaskSupervisor`,
-so one that dies is restarted and `/ready` says so.
+Routes: `/ws/chat` (endpoint.py, served beside FastAPI's stack, see `ChatFastPath`),
+the REST surface under `/api/` (rest.py) and the ops routes. The node's long-lived
+loops (relay reader, stall watcher, notifier, state audit, and the event drainer
+unless KAFKA_ENABLED=false) run under a `TaskSupervisor`, so one that dies is
+restarted and `/ready` says so.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from services.common.tasks import TaskSupervisor, watch_shutdown
 from services.ws_gateway.audit import StateAudit
 from services.ws_gateway.context import NodeContext
 from services.ws_gateway.driver import Driver, WorkerClient
-from services.ws_gateway.endpoint import chat_router
+from services.ws_gateway.endpoint import ChatFastPath
 from services.ws_gateway.hub import Hub
 from services.ws_gateway.metrics import GatewayMetrics
 from services.ws_gateway.notifier import Notifier
@@ -39,7 +40,7 @@ from services.ws_gateway.rest import rest_router
 from services.ws_gateway.sessions import SessionStore
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ChatFastPath:
     settings = settings or Settings()
     configure_logging(settings.node_id, "ws_gateway", settings.log_level)
     registry = CollectorRegistry()
@@ -104,12 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")
     app.add_exception_handler(StorageError, storage_unavailable)
-    app.include_router(chat_router())
     app.include_router(rest_router())
     app.include_router(
         ops_router(service="ws_gateway", node_id=settings.node_id, registry=registry)
     )
-    return app
+    return ChatFastPath(app)
 
 
 async def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
