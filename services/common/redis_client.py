@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -14,8 +14,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.settings import Settings
 
+#: Connections one client may open to Redis; past it, a command waits for a free one
+#: (up to POOL_WAIT_S) instead of failing: under load the node slows down, it does not
+#: drop answers (redis-py's default pool raises MaxConnectionsError at once).
+MAX_CONNECTIONS = 512
+POOL_WAIT_S = 10.0
 
-def redis_from_settings(settings: Settings, *, blocking: bool = False) -> Redis:
+
+def redis_from_settings(
+    settings: Settings, *, blocking: bool = False, max_connections: int = MAX_CONNECTIONS
+) -> Redis:
     """A client for REDIS_URL; `blocking` gives one without a socket timeout, for XREAD BLOCK.
 
     With REDIS_SENTINELS set, the client finds the primary of REDIS_SENTINEL_MASTER
@@ -34,11 +42,13 @@ def redis_from_settings(settings: Settings, *, blocking: bool = False) -> Redis:
         "socket_connect_timeout": 2.0,
         "socket_timeout": None if blocking else 5.0,
         "health_check_interval": 30,
-        "max_connections": 512,
     }
     sentinels = sentinel_addresses(settings.redis_sentinels)
     if not sentinels:
-        return Redis.from_url(settings.redis_url, **options)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=max_connections, timeout=POOL_WAIT_S, **options
+        )
+        return Redis.from_pool(pool)  # the client owns the pool: aclose closes it
     if not settings.redis_sentinel_master:
         raise ValueError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is empty")
     url = urlsplit(settings.redis_url)
@@ -54,6 +64,9 @@ def redis_from_settings(settings: Settings, *, blocking: bool = False) -> Redis:
         username=url.username or None,
         password=url.password or None,
         db=int(db) if db else 0,
+        # redis-py has no waiting pool for Sentinel: past this, a command fails (and is
+        # retried by its caller).
+        max_connections=max_connections,
         **options,
     )
 

@@ -4,6 +4,7 @@ free ports. After a kill -9 of the primary and the failover, writes go to the ne
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from deploy.supervisor import Binaries, build_processes, ha_configs
 from services.common.redis_client import redis_from_settings, sentinel_addresses
 from services.common.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.conftest import RedisServer
 from tests.integration.redis_helpers import eventually
 from tests.sentinel_helpers import primary_port, role, settled
 
@@ -141,3 +143,21 @@ def test_sentinel_addresses_parse() -> None:
     for bad in ("a", "a:", ":1", "a:b"):
         with pytest.raises(ValueError):
             sentinel_addresses(bad)
+
+
+async def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 8: at 1,000 streams redis-py's pool raised MaxConnectionsError and answers
+    failed. Now 40 commands that each hold a connection for 100 ms, over a pool of 4,
+    all succeed: the ones past the pool wait their turn."""
+    url = f"redis://{redis_server.host}:{redis_server.port}/0"
+    client = redis_from_settings(Settings(redis_url=url), max_connections=4)
+    try:
+        replies = await asyncio.gather(
+            *(client.blpop([f"burst:{n}"], timeout=0.1) for n in range(40))
+        )
+        assert replies == [None] * 40
+        assert client.connection_pool.max_connections == 4
+    finally:
+        await client.aclose()
