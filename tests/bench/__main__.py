@@ -333,6 +333,7 @@ def run(args: argparse.Namespace) -> Path:
         "scenarios": {},
     }
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    failures: list[str] = []
     for scenario in args.scenarios:
         shape = FULL_SPEED if scenario == "fullspeed" else PACED
         got: dict[str, Any] = {"shape": asdict(shape), "targets": {}}
@@ -344,26 +345,34 @@ def run(args: argparse.Namespace) -> Path:
                 with ours(shape, run_root) as (_target, cluster):
                     got["targets"][name] = asyncio.run(failover_run(cluster, sizes.failover_rounds))
                 continue
-            with started(name, shape, run_root) as (target, cluster):
-                if scenario == "idle":
-                    got["targets"][name] = idle_run(
-                        target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress
-                    )
-                else:
-                    streams = (
-                        sizes.paced_streams if scenario == "paced" else sizes.fullspeed_streams
-                    )
-                    delays = partial(gateway_delays, cluster) if cluster else None
-                    got["targets"][name] = streams_run(
-                        target, shape, streams, args.procs, progress, delays
-                    )
+            try:
+                with started(name, shape, run_root) as (target, cluster):
+                    if scenario == "idle":
+                        got["targets"][name] = idle_run(
+                            target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress
+                        )
+                    else:
+                        streams = (
+                            sizes.paced_streams if scenario == "paced" else sizes.fullspeed_streams
+                        )
+                        delays = partial(gateway_delays, cluster) if cluster else None
+                        got["targets"][name] = streams_run(
+                            target, shape, streams, args.procs, progress, delays
+                        )
+            except Exception as exc:  # noqa: BLE001 - one system failing is a result too
+                # Recorded and reported; the other targets and scenarios still run.
+                got["targets"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                failures.append(f"{scenario} on {name}")
             say(f"bench: {scenario} on {name}: {_headline(got['targets'][name])}")
+        results["failed_runs"] = failures
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     return out
 
 
 def _headline(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"FAILED: {r['error'][:300]}"
     if "chunks_per_s" in r:
         return (
             f"{r['ok']}/{r['answers']} ok, {r['chunks_per_s']:,.0f} chunks/s, "
@@ -397,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     out = run(args)
     print((out / "summary.md").read_text())
     print(f"results in {out}/ (results.json, summary.md, *.png)")
-    return 0
+    failed = json.loads((out / "results.json").read_text()).get("failed_runs", [])
+    if failed:
+        print(f"runs that failed (their error is in results.json): {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

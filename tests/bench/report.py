@@ -124,6 +124,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"**idle, ours:** KiB per connection by kind "
             f"{json.dumps(idle.get('rss_kib_per_connection'))}.",
         ]
+    failed = results.get("failed_runs") or []
+    if failed:
+        lines += ["", f"**Runs that failed** (error in results.json): {', '.join(failed)}."]
     return "\n".join(lines) + "\n"
 
 

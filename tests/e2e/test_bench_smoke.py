@@ -25,6 +25,7 @@ def test_bench_smoke_runs_every_scenario_on_every_target(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = tmp_path.iterdir()
     results = json.loads((run / "results.json").read_text())
+    assert results["failed_runs"] == []
     scenarios = results["scenarios"]
     for scenario in ("paced", "fullspeed"):
         targets = scenarios[scenario]["targets"]
