@@ -56,8 +56,8 @@ class Relay:
         self._hub = hub
         self._metrics = metrics
         self._on_reconnect = on_reconnect
-        self._batch_s = batch_s
         """Called when Redis answers again after a failed read (it may have lost data)."""
+        self._batch_s = batch_s
         self._wake_position = "0-0"
         """The last wake entry read. Reading from "$" instead would miss a wake-up
         written between listing the streams and blocking (a 5 s delay)."""

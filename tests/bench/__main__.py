@@ -46,6 +46,7 @@ from tests.bench.loadgen import StreamsResult, Summary, hold_idle, run_streams, 
 from tests.bench.report import write_report
 from tests.bench.targets import CHAT_V1, FULL_SPEED, PACED, ModelShape, Target
 from tests.chat_client import Answer, ChatClient
+from tests.conftest import ClusterHandle
 
 SCENARIOS = ("paced", "fullspeed", "idle", "failover")
 TARGETS = ("ours", "bare", "socketio")
@@ -264,14 +265,6 @@ async def _kill_and_time(pid: int, client: ChatClient, answer: Answer) -> float:
     return gap
 
 
-def _wait_healthy(cluster: Cluster, name: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (cluster.pids().get(name) and cluster.probe(name).ok):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{name} did not come back")
-        time.sleep(0.1)
-
-
 async def failover_run(cluster: Cluster, rounds: int) -> dict[str, Any]:
     """kill -9 the client's gateway, then the generating worker, mid-answer."""
     url = f"ws://127.0.0.1:{cluster.spec.public_port}/ws/chat?token=dev-token&user_id=fo"
@@ -286,7 +279,7 @@ async def failover_run(cluster: Cluster, rounds: int) -> dict[str, Any]:
             pid = cluster.pids()[welcome["node_id"]]
             gateway.append(await _kill_and_time(pid, client, answer))
             await client.close()
-            _wait_healthy(cluster, welcome["node_id"])
+            ClusterHandle(cluster).wait_healthy(welcome["node_id"], timeout=60.0)
 
             client = ChatClient(f"{url}&session_id=fo-w{r}", local_ip=f"127.9.{r + 101}.1")
             await client.connect()
@@ -297,7 +290,7 @@ async def failover_run(cluster: Cluster, rounds: int) -> dict[str, Any]:
             name = str(holder).split(":")[0]
             worker.append(await _kill_and_time(cluster.pids()[name], client, answer))
             await client.close()
-            _wait_healthy(cluster, name)
+            ClusterHandle(cluster).wait_healthy(name, timeout=60.0)
     finally:
         await redis.aclose()
     return {

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from deploy.cluster import Cluster
 from deploy.rollout import reload_nginx
 from services.common.keys import Keys
+from tests.bench.targets import source_ip
 from tests.chaos.checker import AnswerRecord, ChaosRecord, FaultRecord
 from tests.chat_client import Answer, ChatClient, Frame
 
@@ -70,7 +71,7 @@ class ChaosConfig:
     heal_timeout: float = 60.0
     """A hurt node must be healthy again within this."""
     first_octet: int = 10
-    """Client n connects from 127.{first_octet + n // 250}.{n % 250 + 1}.1."""
+    """Client n connects from `source_ip(n, first_octet)`."""
     topic: str = "chat.events"
     log: Callable[[str], None] = print
 
@@ -78,10 +79,6 @@ class ChaosConfig:
     def answer_timeout(self) -> float:
         """The longest any one answer may take before its client gives up on it."""
         return 3 * self.recovery_timeout + 60.0
-
-
-def client_ip(cfg: ChaosConfig, n: int) -> str:
-    return f"127.{cfg.first_octet + n // 250}.{n % 250 + 1}.1"
 
 
 class Restart(Exception):
@@ -222,7 +219,7 @@ async def chatter(
     """Chat until `stop`, each answer followed to its end through every close."""
     rng = random.Random(cfg.seed * 100_003 + n)
     user = f"chaos{n}"
-    ip = client_ip(cfg, n)
+    ip = source_ip(n, cfg.first_octet)
     client: ChaosClient | None = None
     asked = 0
     try:
