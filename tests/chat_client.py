@@ -169,9 +169,12 @@ class ChatClient:
         return frame["type"] in ("ack", "error") and frame.get("client_msg_id") == client_msg_id
 
     async def refused(self, frame: Frame) -> bool:
-        """An error reply to `ask`'s chat: wait out `rate_limited` (True if the chat must
-        count as sent again); anything else is a test failure."""
-        assert frame["code"] == "rate_limited", frame
+        """An error reply to `ask`'s chat: wait out `rate_limited`, or `busy` with a
+        `retry_after` (a node at capacity; True if the chat must count as sent again);
+        anything else is a test failure."""
+        assert frame["code"] == "rate_limited" or (
+            frame["code"] == "busy" and "retry_after" in frame
+        ), frame
         await asyncio.sleep(float(frame.get("retry_after") or 1.0))
         return False
 

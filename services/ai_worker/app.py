@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loops.start("event-drainer", EventDrainer(outbox, settings, registry).run)
             store = MessageStore.from_settings(redis, settings)
             worker = Worker(settings, store, metrics, http)
+            loops.start("loop-lag", worker.lag.run)
             if settings.finished_watch_s > 0:
                 aftercare = Aftercare(store, worker.recent, metrics, settings.node_id)
                 loops.start("aftercare", aftercare.run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import MetricsFactory
+from services.common.overload import REASONS
 from services.common.protocol import FinishReason
 
 
@@ -28,6 +29,13 @@ class WorkerMetrics:
             "finished_lost",
             "Finished answers Redis lost that the worker could not write again",
         )
+        self.refused = m.counter(
+            "generations_refused",
+            "New answers refused for lack of room (429)",
+            "reason",
+            REASONS,
+        )
+        self.loop_lag = m.gauge("loop_lag_seconds", "The event loop's smoothed lag")
         self.provider_errors = m.counter("provider_errors", "Model provider failures")
         self.leased_elsewhere = m.counter(
             "leased_elsewhere", "Requests for answers another worker holds"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 
@@ -18,6 +19,7 @@ from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers import build_provider
 from services.common.generate import Outcome
 from services.common.message_store import MessageStore
+from services.common.overload import Admission, LoopLag, Refusal
 from services.common.settings import Settings
 from services.common.tasks import cancel_and_wait
 
@@ -42,9 +44,26 @@ class Worker:
         self.draining = False
         self.recent = RecentlyFinished(settings.finished_watch_s, settings.finished_watch_max)
         """What was written of the answers finished lately (see aftercare.py)."""
+        self.lag = LoopLag()
+        metrics.loop_lag.set_function(lambda: self.lag.value)
+        self.admission = Admission(
+            settings.worker_max_answers,
+            settings.overload_lag_ms / 1000,
+            settings.overload_retry_after,
+        )
 
     def ready_problem(self) -> str | None:
         return "draining" if self.draining else None
+
+    def refusal(self, message_id: str, new: bool) -> Refusal | None:
+        """Why this worker will not take the answer now, or None. Only an answer with no
+        chunk yet (`new`) that this worker does not already run is ever refused."""
+        if not new or message_id in self.running:
+            return None
+        refusal = self.admission.refusal(len(self.running), self.lag.value, time.monotonic())
+        if refusal is not None:
+            self.metrics.refused.labels(refusal.reason).inc()
+        return refusal
 
     def start(self, message_id: str) -> Generation:
         current = self.running.get(message_id)

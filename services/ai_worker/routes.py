@@ -38,6 +38,14 @@ def generate_router() -> APIRouter:
         if worker.draining:
             draining = GenerateEvent(event=EventKind.DRAINING)
             return JSONResponse(draining.model_dump(mode="json"), status_code=503)
+        refusal = worker.refusal(body.message_id, body.new)
+        if refusal is not None:
+            busy = GenerateEvent(event=EventKind.BUSY, detail=refusal.reason)
+            return JSONResponse(
+                busy.model_dump(mode="json"),
+                status_code=429,
+                headers={"Retry-After": str(max(1, round(refusal.retry_after)))},
+            )
         gen = worker.start(body.message_id)
         return StreamingResponse(progress_lines(gen), media_type="application/x-ndjson")
 

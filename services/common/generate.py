@@ -3,8 +3,9 @@
 The gateway posts a `GenerateRequest`; the worker answers with NDJSON, a line a
 second: `progress` carrying the last seq written when it moved, else `heartbeat`;
 then one last line whose event is an `Outcome`, as soon as it is known. A worker
-that is shutting down answers 503 with `{"event": "draining"}`. Chunks themselves
-never travel here: they go through the message's Redis stream.
+that is shutting down answers 503 with `{"event": "draining"}`; one with no room for
+a new answer answers 429 with `{"event": "busy"}` (see services/common/overload.py).
+Chunks themselves never travel here: they go through the message's Redis stream.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ class GenerateRequest(BaseModel):
     """Generate (or continue) `message_id`; idempotent per message id."""
 
     message_id: str = Field(min_length=1, max_length=128)
+    new: bool = False
+    """The answer has no chunk yet: a worker with no room may refuse it (429). One that
+    has chunks is always taken, so admitted answers keep going when a worker dies."""
 
 
 class EventKind(StrEnum):
@@ -32,6 +36,8 @@ class EventKind(StrEnum):
     """Nothing new for a second; the call is alive."""
     DRAINING = auto()
     """The 503 body of a worker that is shutting down."""
+    BUSY = auto()
+    """The 429 body of a worker with no room for a new answer; `detail` says why."""
 
 
 class Outcome(StrEnum):
@@ -52,7 +58,7 @@ class Outcome(StrEnum):
 
 
 class GenerateEvent(BaseModel):
-    """One NDJSON line of the response (or the 503 body, `draining`)."""
+    """One NDJSON line of the response (or the 503 body, `draining`, or 429, `busy`)."""
 
     event: EventKind | Outcome
     last_seq: int = 0

@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     next: under load each read (which names every followed stream) then brings many
     chunks. Adds at most this much to a chunk's way; 0 reads again at once."""
 
+    # --- admission under overload (services/common/overload.py) -------------------------
+    gateway_max_answers: int = Field(default=2_000, gt=0)
+    """Answers one gateway drives at once; past it new chats get `busy` + `retry_after`."""
+    worker_max_answers: int = Field(default=1_000, gt=0)
+    """Answers one worker generates at once; past it the worker refuses new ones (429)
+    and the gateways refuse new chats for OVERLOAD_RETRY_AFTER."""
+    overload_lag_ms: float = Field(default=250.0, gt=0)
+    """A node whose event loop runs this late (smoothed over about a second) takes no new
+    answer: its admitted answers keep their pace instead of all slowing down."""
+    overload_retry_after: float = Field(default=1.0, gt=0, le=60)
+    """Seconds a refused client is told to wait (spread over 0.5-1.5x)."""
+
     # --- gateway -> worker -------------------------------------------------------------
     worker_url: str = "http://127.0.0.1:8081"
     """The internal nginx listener in front of the `ai_worker` upstream."""

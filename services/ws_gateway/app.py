@@ -2,9 +2,9 @@
 
 Routes: `/ws/chat` (endpoint.py, served beside FastAPI's stack, see `ChatFastPath`),
 the REST surface under `/api/` (rest.py) and the ops routes. The node's long-lived
-loops (relay reader, stall watcher, notifier, state audit, and the event drainer
-unless KAFKA_ENABLED=false) run under a `TaskSupervisor`, so one that dies is
-restarted and `/ready` says so.
+loops (relay reader, stall watcher, notifier, state audit, admission's loop-lag
+sampler, and the event drainer unless KAFKA_ENABLED=false) run under a
+`TaskSupervisor`, so one that dies is restarted and `/ready` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
 from services.common.ops import NodeHealth, ops_router
+from services.common.overload import Admission, LoopLag
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
 from services.common.tasks import TaskSupervisor, watch_shutdown
@@ -63,12 +64,20 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             store = MessageStore.from_settings(redis, settings)
             sessions = SessionStore.from_settings(redis, settings)
             hub = Hub()
+            lag = LoopLag()
+            metrics.loop_lag.set_function(lambda: lag.value)
+            admission = Admission(
+                settings.gateway_max_answers,
+                settings.overload_lag_ms / 1000,
+                settings.overload_retry_after,
+            )
             driver = Driver(
                 store,
                 WorkerClient(http, settings.worker_url, settings.stream_recovery_timeout),
                 node_id=settings.node_id,
                 recovery_timeout=settings.stream_recovery_timeout,
                 metrics=metrics,
+                on_workers_busy=admission.workers_busy,
             )
             stack.push_async_callback(driver.close)
             audit = StateAudit(hub, store, grace_s=audit_grace(settings))
@@ -96,10 +105,13 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             )
             loops.start("notifier", notifier.run)
             loops.start("state-audit", audit.run)
+            loops.start("loop-lag", lag.run)
             if settings.kafka_enabled:
                 drainer = EventDrainer(EventOutbox(redis, keys), settings, registry)
                 loops.start("event-drainer", drainer.run)
-            ctx = NodeContext(settings, store, sessions, hub, relay, driver, notifier, metrics)
+            ctx = NodeContext(
+                settings, store, sessions, hub, relay, driver, notifier, metrics, admission, lag
+            )
             stack.push_async_callback(watch_shutdown, settings.shutdown_timeout / 2)
             yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
 

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from services.common.clock import now_ms
 from services.common.errors import StorageError
 from services.common.message_store import AcceptOutcome, SessionTaken, UserLimited
+from services.common.overload import MESSAGES
 from services.common.protocol import (
     AckFrame,
     CancelFrame,
@@ -215,6 +216,17 @@ class Connection:
                 "too many chats; slow down",
                 client_msg_id=frame.client_msg_id,
                 retry_after=round(wait, 2),
+            )
+        refusal = ctx.admission.refusal(ctx.driver.driving, ctx.lag.value, time.monotonic())
+        if refusal is not None:
+            # Nothing is written: the client sends the same chat again after retry_after
+            # (a chat accepted earlier then gets its ack, as any duplicate does).
+            ctx.metrics.chats_refused.labels(refusal.reason).inc()
+            raise ClientError(
+                ErrorCode.BUSY,
+                MESSAGES[refusal.reason],
+                client_msg_id=frame.client_msg_id,
+                retry_after=refusal.retry_after,
             )
         try:
             # Writes the message.accepted event (in the outbox) if the chat is new.

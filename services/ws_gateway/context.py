@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.message_store import MessageStore
+from services.common.overload import Admission, LoopLag
 from services.common.settings import Settings
 from services.ws_gateway.driver import Driver
 from services.ws_gateway.hub import Hub
@@ -24,3 +25,5 @@ class NodeContext:
     driver: Driver
     notifier: Notifier
     metrics: GatewayMetrics
+    admission: Admission
+    lag: LoopLag

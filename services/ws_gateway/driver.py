@@ -56,6 +56,9 @@ class CallResult(StrEnum):
     """Another worker generates it: wait for its lease to end."""
     RETRY = "retry"
     """The call failed: call again (another worker), unless it is time to give up."""
+    BUSY = "busy"
+    """No worker had room for a new answer (429): wait and call again; meanwhile the
+    node refuses new chats (`Admission.workers_busy`)."""
 
 
 def call_result(outcome: Outcome) -> CallResult:
@@ -84,9 +87,10 @@ class Backoff:
         self.current = self.first
 
 
-CallWorker = Callable[[str], Awaitable[tuple[CallResult, float | None]]]
-"""One generate call for a message id: (how it ended, when the answer last progressed
-during it, in `time.monotonic()` seconds, or None if it did not)."""
+CallWorker = Callable[[str, bool], Awaitable[tuple[CallResult, float | None]]]
+"""One generate call for a message id (and whether the answer has no chunk yet, see
+`GenerateRequest.new`): (how it ended, when the answer last progressed during it, in
+`time.monotonic()` seconds, or None if it did not)."""
 
 
 class Driver:
@@ -98,8 +102,10 @@ class Driver:
         node_id: str,
         recovery_timeout: float,
         metrics: GatewayMetrics,
+        on_workers_busy: Callable[[float], None] = lambda _now: None,
     ) -> None:
         self._store = store
+        self._on_workers_busy = on_workers_busy
         self._call = call_worker
         self._node_id = node_id
         self._recovery_timeout = recovery_timeout
@@ -179,12 +185,16 @@ class Driver:
                 self._metrics.takeovers.inc()
                 log.info("handing the answer to another worker", extra={"detail": attempt})
             attempt += 1
-            result, progressed_at = await self._call(message_id)
+            result, progressed_at = await self._call(message_id, meta.last_seq == 0)
             if progressed_at is not None:
                 last_progress = max(last_progress, progressed_at)
                 backoff.reset()
             if result == CallResult.DONE:
                 return
+            if result == CallResult.BUSY:
+                self._metrics.workers_busy.inc()
+                self._on_workers_busy(time.monotonic())
+                attempt = 0  # not a takeover: the answer has not started
             if result == CallResult.LEASED:
                 last_progress = await self._wait_lease_gone(message_id, last_progress)
                 attempt = 0
@@ -275,12 +285,14 @@ class WorkerClient:
         self._url = worker_url.rstrip("/") + GENERATE_PATH
         self._idle_limit = idle_limit
 
-    async def __call__(self, message_id: str) -> tuple[CallResult, float | None]:
+    async def __call__(self, message_id: str, new: bool) -> tuple[CallResult, float | None]:
         progressed_at: float | None = None
         moved = time.monotonic()
-        body = GenerateRequest(message_id=message_id).model_dump()
+        body = GenerateRequest(message_id=message_id, new=new).model_dump()
         try:
             async with self._http.stream("POST", self._url, json=body) as resp:
+                if resp.status_code == 429:
+                    return CallResult.BUSY, None
                 if resp.status_code != 200:
                     log.warning("worker refused", extra={"detail": resp.status_code})
                     return CallResult.RETRY, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import MetricsFactory
+from services.common.overload import REASONS
 from services.common.protocol import ErrorCode
 
 RESUME_OUTCOMES = ("recovered", "expired", "not_found")
@@ -43,6 +44,13 @@ class GatewayMetrics:
         self.errors = m.counter(
             "errors_sent", "Error frames by code", "code", [c.value for c in ErrorCode]
         )
+        self.chats_refused = m.counter(
+            "chats_refused", "Chats refused by admission (busy + retry_after)", "reason", REASONS
+        )
+        self.workers_busy = m.counter(
+            "workers_busy", "Generate calls a full worker refused (the answer waits and retries)"
+        )
+        self.loop_lag = m.gauge("loop_lag_seconds", "The event loop's smoothed lag")
         self.upstream_failures = m.counter(
             "upstream_unavailable", "Answers ended because no worker could finish them"
         )

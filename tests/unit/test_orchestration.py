@@ -361,6 +361,7 @@ class Call:
     message_id: str
     driver_holder: str | None
     generator_holder: str | None
+    new: bool = False
 
 
 class ScriptedWorker:
@@ -373,17 +374,18 @@ class ScriptedWorker:
         self._then = then
         self.calls: list[Call] = []
 
-    async def __call__(self, message_id: str) -> tuple[CallResult, float | None]:
+    async def __call__(self, message_id: str, new: bool) -> tuple[CallResult, float | None]:
         """The scripted reply, its "progressed" flag as the time of the progress (now)."""
-        result, progressed = await self._next(message_id)
+        result, progressed = await self._next(message_id, new)
         return result, time.monotonic() if progressed else None
 
-    async def _next(self, message_id: str) -> Reply:
+    async def _next(self, message_id: str, new: bool) -> Reply:
         self.calls.append(
             Call(
                 message_id,
                 self._store.drivers.holders.get(message_id),
                 self._store.generators.holders.get(message_id),
+                new,
             )
         )
         await self._store.changes.notify()
@@ -406,12 +408,15 @@ class DriverHarness:
         self.worker = worker
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry)
+        self.workers_busy_at: list[float] = []
+        """When the driver told its node that no worker had room."""
         self.driver = Driver(
             store,  # type: ignore[arg-type]
             worker,
             node_id=GATEWAY,
             recovery_timeout=recovery_timeout,
             metrics=self.metrics,
+            on_workers_busy=self.workers_busy_at.append,
         )
 
     def task(self, message_id: str = MID) -> asyncio.Task[None]:
@@ -497,6 +502,31 @@ async def test_retries_go_to_another_call_and_count_takeovers(make_driver: MakeD
     assert h.counter("takeovers") == 2
     assert store.finishes == []
     assert h.counter("upstream_unavailable") == 0
+
+
+async def test_busy_workers_make_the_answer_wait_and_the_node_refuse_new_chats(
+    make_driver: MakeDriver,
+) -> None:
+    store = FakeStore()
+    store.add()
+    busy, done = (CallResult.BUSY, False), (CallResult.DONE, True)
+    h = make_driver(store, busy, busy, done)
+    await h.drive()
+    assert len(h.worker.calls) == 3
+    assert [c.new for c in h.worker.calls] == [True, True, True]  # no chunk yet
+    told = h.workers_busy_at
+    assert len(told) == 2 and told == sorted(told)
+    assert h.counter("workers_busy") == 2
+    assert h.counter("takeovers") == 0  # waiting for room is not a takeover
+    assert store.finishes == []
+
+
+async def test_an_answer_with_chunks_is_not_new_to_the_worker(make_driver: MakeDriver) -> None:
+    store = FakeStore()
+    store.add(deltas=("Hel",), completion_tokens=1)
+    h = make_driver(store, (CallResult.DONE, True))
+    await h.drive()
+    assert [c.new for c in h.worker.calls] == [False]
 
 
 async def test_leased_waits_until_the_generator_lease_is_gone(make_driver: MakeDriver) -> None:

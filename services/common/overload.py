@@ -1,0 +1,106 @@
+"""Admission under overload: when a node stops taking new answers, and for how long.
+
+A node that takes every answer offered slows all of them down together once its CPU
+is spent (every answer late, none refused). So both kinds of node admit new answers
+against three signals and refuse the rest up front, before anything is written:
+
+- how many answers the node has in hand (`max_answers`);
+- its event loop's lag, smoothed (`LoopLag`): how late a 100 ms timer fires, which
+  is how late every chunk on the node is;
+- on a gateway, the workers' own refusals: a worker that is full answers 429, and
+  the gateway then refuses new chats for `retry_after`, rather than accepting answers
+  no worker will start.
+
+A refused chat gets `busy` with `retry_after` (the client sends it again then); the
+answers already admitted keep their pace. The decision is pure (`Admission.refusal`);
+the lag is sampled by the one loop `LoopLag.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: How often the loop lag is sampled.
+LAG_SAMPLE_S = 0.1
+#: Weight of the newest sample in the smoothed lag (about the last second counts).
+LAG_ALPHA = 0.2
+
+
+class LoopLag:
+    """The event loop's lag, an exponentially weighted mean of how late a timer fires."""
+
+    def __init__(self, interval: float = LAG_SAMPLE_S, alpha: float = LAG_ALPHA) -> None:
+        self.interval = interval
+        self.alpha = alpha
+        self.value = 0.0
+        """Smoothed lag in seconds."""
+
+    def sample(self, late_s: float) -> float:
+        self.value += self.alpha * (max(0.0, late_s) - self.value)
+        return self.value
+
+    async def run(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.sample(time.monotonic() - start - self.interval)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    """Why, for the client's message and the refusal metric's label."""
+    retry_after: float
+    """Seconds the client should wait before it sends the chat again."""
+
+
+#: The refusal metric's label of each reason.
+AT_CAPACITY = "at_capacity"
+LAGGING = "lagging"
+WORKERS_BUSY = "workers_busy"
+
+REASONS = (AT_CAPACITY, LAGGING, WORKERS_BUSY)
+MESSAGES = {
+    AT_CAPACITY: "this node is at capacity; retry later",
+    LAGGING: "this node is overloaded; retry later",
+    WORKERS_BUSY: "no worker can take a new answer now; retry later",
+}
+
+
+class Admission:
+    """Whether a node takes one more answer now (pure: time and load are passed in)."""
+
+    def __init__(
+        self,
+        max_answers: int,
+        max_lag_s: float,
+        retry_after: float,
+        *,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.max_answers = max_answers
+        self.max_lag_s = max_lag_s
+        self.retry_after = retry_after
+        self._jitter = jitter
+        self._busy_until = 0.0
+
+    def workers_busy(self, now: float) -> None:
+        """A worker refused an answer for lack of room: refuse new ones for a while."""
+        self._busy_until = max(self._busy_until, now + self.retry_after)
+
+    def refusal(self, in_hand: int, lag_s: float, now: float) -> Refusal | None:
+        """None to admit; else why not and when to try again. Retry times are spread
+        over 0.5-1.5x so refused clients do not all come back in the same instant."""
+        if in_hand >= self.max_answers:
+            reason, wait = AT_CAPACITY, self.retry_after
+        elif lag_s > self.max_lag_s:
+            reason, wait = LAGGING, self.retry_after
+        elif now < self._busy_until:
+            reason, wait = WORKERS_BUSY, self._busy_until - now
+        else:
+            return None
+        return Refusal(reason, round(wait * (0.5 + self._jitter()), 2))

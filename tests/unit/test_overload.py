@@ -1,0 +1,106 @@
+"""Admission under overload (services/common/overload.py): pure decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services.common.overload import (
+    AT_CAPACITY,
+    LAGGING,
+    MESSAGES,
+    REASONS,
+    WORKERS_BUSY,
+    Admission,
+    LoopLag,
+)
+
+
+def admission(jitter: float = 0.5) -> Admission:
+    """max 10 answers, 0.25 s lag, 2 s retry; jitter 0.5 makes the spread factor 1.0."""
+    return Admission(10, 0.25, 2.0, jitter=lambda: jitter)
+
+
+def test_room_and_a_prompt_loop_admit() -> None:
+    assert admission().refusal(in_hand=9, lag_s=0.2, now=100.0) is None
+
+
+def test_a_full_node_refuses_with_retry_after() -> None:
+    refusal = admission().refusal(in_hand=10, lag_s=0.0, now=100.0)
+    assert refusal is not None
+    assert (refusal.reason, refusal.retry_after) == (AT_CAPACITY, 2.0)
+
+
+def test_a_lagging_loop_refuses() -> None:
+    refusal = admission().refusal(in_hand=0, lag_s=0.26, now=100.0)
+    assert refusal is not None and refusal.reason == LAGGING
+
+
+def test_busy_workers_refuse_new_chats_until_retry_after_has_passed() -> None:
+    a = admission()
+    a.workers_busy(now=100.0)
+    refusal = a.refusal(in_hand=0, lag_s=0.0, now=100.5)
+    assert refusal is not None
+    assert (refusal.reason, refusal.retry_after) == (WORKERS_BUSY, 1.5)  # what is left
+    assert a.refusal(in_hand=0, lag_s=0.0, now=102.0) is None
+
+
+def test_a_later_busy_report_extends_the_window_and_an_earlier_one_does_not_shorten_it() -> None:
+    a = admission()
+    a.workers_busy(now=100.0)
+    a.workers_busy(now=101.0)
+    assert a.refusal(in_hand=0, lag_s=0.0, now=102.5) is not None
+    a.workers_busy(now=99.0)
+    assert a.refusal(in_hand=0, lag_s=0.0, now=102.9) is not None
+    assert a.refusal(in_hand=0, lag_s=0.0, now=103.0) is None
+
+
+@pytest.mark.parametrize(("jitter", "expected"), [(0.0, 1.0), (0.999, 3.0)])
+def test_retry_after_is_spread_over_half_to_one_and_a_half_times(
+    jitter: float, expected: float
+) -> None:
+    refusal = admission(jitter).refusal(in_hand=10, lag_s=0.0, now=0.0)
+    assert refusal is not None and refusal.retry_after == pytest.approx(expected, abs=0.01)
+
+
+def test_every_reason_has_a_message() -> None:
+    assert set(MESSAGES) == set(REASONS)
+
+
+def test_lag_is_smoothed_and_never_negative() -> None:
+    lag = LoopLag(alpha=0.5)
+    assert lag.sample(1.0) == 0.5
+    assert lag.sample(1.0) == 0.75
+    assert lag.sample(-3.0) == 0.375  # a timer cannot fire early: counts as 0
+
+
+class WatchedLag(LoopLag):
+    """A sampler that says when its lag first reaches `threshold`."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(interval=0.01, alpha=1.0)
+        self.threshold = threshold
+        self.reached = asyncio.Event()
+
+    def sample(self, late_s: float) -> float:
+        value = super().sample(late_s)
+        if value >= self.threshold:
+            self.reached.set()
+        return value
+
+
+async def test_the_sampler_sees_a_blocked_loop() -> None:
+    lag = WatchedLag(threshold=0.1)
+    task = asyncio.create_task(lag.run())
+    try:
+        await asyncio.sleep(0)  # the sampler's timer is armed
+        assert not lag.reached.is_set()
+        # Block the loop from a callback: the timer then fires at least 0.15 s late.
+        asyncio.get_running_loop().call_soon(time.sleep, 0.15)
+        await asyncio.wait_for(lag.reached.wait(), 5)
+        assert lag.value >= 0.1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
