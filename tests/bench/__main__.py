@@ -9,6 +9,10 @@ load generator, tests/bench/loadgen.py, from many 127.x.y.1 sources):
 - `idle`: N connections held open: RSS per connection by process kind.
 - `failover` (ours only): kill -9 of a gateway mid-answer (resume to the next chunk) and
   of the generating worker (takeover to the next chunk).
+- `overload` (ours only): N paced streams, far past what the machine serves at pace:
+  every answer must still end exactly once with exact usage, none silent for long;
+  the run counts what admission refused (`busy` + `retry_after`, sent again by the
+  clients) and how long that made them wait.
 
 Results go to bench-results/<timestamp>/: results.json, summary.md and PNG plots.
 `BENCH_QUICK=1` (or --quick) runs small sizes in about a minute or two; `--smoke` the
@@ -48,7 +52,12 @@ from tests.bench.targets import CHAT_V1, FULL_SPEED, PACED, ModelShape, Target
 from tests.chat_client import Answer, ChatClient
 from tests.conftest import ClusterHandle
 
-SCENARIOS = ("paced", "fullspeed", "idle", "failover")
+SCENARIOS = ("paced", "fullspeed", "idle", "failover", "overload")
+#: Ours only: the baselines have no failover, and no admission to measure under overload.
+OURS_ONLY = ("failover", "overload")
+#: An answer silent this long (before its first chunk once accepted, or between two
+#: chunks) counts as stalled in the overload scenario.
+STALL_S = 5.0
 TARGETS = ("ours", "bare", "socketio")
 
 
@@ -59,11 +68,12 @@ class Sizes:
     idle_connections: int
     idle_hold_s: float
     failover_rounds: int
+    overload_streams: int
 
 
-FULL = Sizes(1000, 100, 10_000, 10.0, 10)
-QUICK = Sizes(100, 20, 1000, 3.0, 3)
-SMOKE = Sizes(4, 2, 20, 0.5, 1)
+FULL = Sizes(1000, 100, 10_000, 10.0, 10, 3000)
+QUICK = Sizes(100, 20, 1000, 3.0, 3, 300)
+SMOKE = Sizes(4, 2, 20, 0.5, 1, 6)
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -85,7 +95,7 @@ def ours(shape: ModelShape, run_root: Path) -> Iterator[tuple[Target, Cluster]]:
     cluster = Cluster(spec, out=lambda _line: None)
     try:
         if not cluster.up():
-            raise SystemExit(f"our cluster did not come up (logs in {spec.run_dir}/logs)")
+            raise RuntimeError(f"our cluster did not come up (logs in {spec.run_dir}/logs)")
         pids: dict[str, list[int]] = {}
         for name, pid in cluster.pids().items():
             if pid:
@@ -148,6 +158,9 @@ def streams_run(
         "not_exactly_once": result.not_exactly_once,
         "errors": result.errors,
         "refusals": result.refusals,
+        "refused_answers": sum(1 for a in result.answers if a.refusals),
+        "refused_wait_ms": _summary(result.refused_waits(), 1000),
+        "stalled": result.stalled(STALL_S),
         "connect_failures": result.connect_failures,
         "usage_wrong": usage_wrong(result, shape),
         "chunks": chunks,
@@ -312,6 +325,7 @@ def run(args: argparse.Namespace) -> Path:
         args.idle or sizes.idle_connections,
         sizes.idle_hold_s,
         args.rounds or sizes.failover_rounds,
+        args.overload_streams or sizes.overload_streams,
     )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) / stamp
@@ -331,23 +345,26 @@ def run(args: argparse.Namespace) -> Path:
         shape = FULL_SPEED if scenario == "fullspeed" else PACED
         got: dict[str, Any] = {"shape": asdict(shape), "targets": {}}
         results["scenarios"][scenario] = got
-        targets = ["ours"] if scenario == "failover" else args.targets
+        targets = ["ours"] if scenario in OURS_ONLY else args.targets
         for name in targets:
             say(f"bench: {scenario} on {name}")
-            if scenario == "failover":
-                with ours(shape, run_root) as (_target, cluster):
-                    got["targets"][name] = asyncio.run(failover_run(cluster, sizes.failover_rounds))
-                continue
             try:
                 with started(name, shape, run_root) as (target, cluster):
-                    if scenario == "idle":
+                    if scenario == "failover":
+                        assert cluster is not None
+                        got["targets"][name] = asyncio.run(
+                            failover_run(cluster, sizes.failover_rounds)
+                        )
+                    elif scenario == "idle":
                         got["targets"][name] = idle_run(
                             target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress
                         )
                     else:
-                        streams = (
-                            sizes.paced_streams if scenario == "paced" else sizes.fullspeed_streams
-                        )
+                        streams = {
+                            "paced": sizes.paced_streams,
+                            "fullspeed": sizes.fullspeed_streams,
+                            "overload": sizes.overload_streams,
+                        }[scenario]
                         delays = partial(gateway_delays, cluster) if cluster else None
                         got["targets"][name] = streams_run(
                             target, shape, streams, args.procs, progress, delays
@@ -390,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fullspeed-streams", type=int, default=0)
     parser.add_argument("--idle", type=int, default=0, help="idle connections")
     parser.add_argument("--rounds", type=int, default=0, help="failover rounds")
+    parser.add_argument("--overload-streams", type=int, default=0)
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)

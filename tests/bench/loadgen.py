@@ -192,6 +192,8 @@ class AnswerRecord:
     """Which of the stream's answers (0-based, asked one after another)."""
     proc: int
     """Load process that ran it."""
+    first_sent: float | None = None
+    """Wall clock when the chat was first sent (before any refusal)."""
     sent: float | None = None
     """Wall clock when the chat that was accepted was sent (after any refusals)."""
     done_at: float | None = None
@@ -330,6 +332,24 @@ class StreamsResult:
     def gaps(self) -> Summary | None:
         """Seconds between consecutive chunks, over every gap of every answer."""
         return summarize(g for a in self.answers for g in a.gaps)
+
+    def refused_waits(self) -> Summary | None:
+        """Seconds from a chat's first send to the send that was accepted, over the
+        answers refused at least once (how long admission made them wait)."""
+        return summarize(
+            a.sent - a.first_sent
+            for a in self.answers
+            if a.refusals and a.sent is not None and a.first_sent is not None
+        )
+
+    def stalled(self, silence_s: float) -> int:
+        """Answers that went silent for more than `silence_s` between two chunks, or
+        before the first chunk once accepted."""
+        return sum(
+            1
+            for a in self.answers
+            if (a.ttfc is not None and a.ttfc > silence_s) or any(g > silence_s for g in a.gaps)
+        )
 
     def durations(self) -> Summary | None:
         """Seconds from chat sent to done, over answers that got their done."""
@@ -661,6 +681,8 @@ class _Client:
                 p = _Pending(rec, cmid, loop.create_future())
                 self.pending = p
                 rec.sent = time.time()
+                if rec.first_sent is None:
+                    rec.first_sent = rec.sent
                 p.sent = time.monotonic()
                 try:
                     await self.ws.send(payload)

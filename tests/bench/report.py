@@ -104,6 +104,26 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"usage wrong {ours.get('usage_wrong')}, refusals "
                 f"{json.dumps(ours.get('refusals'))}, errors {json.dumps(ours.get('errors'))}.",
             ]
+    over = _get(scen, "overload", "targets", "ours")
+    if over and "error" not in over:
+        wait = over.get("refused_wait_ms") or {}
+        lines += [
+            "",
+            f"**overload, ours** ({over.get('streams'):,} paced streams at once): "
+            f"{over.get('ok'):,} / {over.get('answers'):,} answers ok, failed "
+            f"{over.get('failed')}, not exactly once {over.get('not_exactly_once')}, "
+            f"usage wrong {over.get('usage_wrong')}, stalled (silent > 5 s) "
+            f"{over.get('stalled')}; {over.get('refused_answers'):,} answers refused at "
+            f"least once ({json.dumps(over.get('refusals'))} refusals), sent again after "
+            f"`retry_after`: their wait p50 {_fmt(wait.get('p50'), ' ms', 0)}, p95 "
+            f"{_fmt(wait.get('p95'), ' ms', 0)}, max {_fmt(wait.get('max'), ' ms', 0)}. "
+            f"Once accepted: first chunk p50 {_fmt(_get(over, 'ttfc_ms', 'p50'), ' ms', 0)}, "
+            f"p95 {_fmt(_get(over, 'ttfc_ms', 'p95'), ' ms', 0)}; duration / ideal p50 "
+            f"{_fmt(_get(over, 'duration_ratio', 'p50'), '', 2)}, p95 "
+            f"{_fmt(_get(over, 'duration_ratio', 'p95'), '', 2)}; "
+            f"{_fmt(over.get('chunks_per_s'), '', 0)} chunks/s; errors "
+            f"{json.dumps(over.get('errors'))}.",
+        ]
     failover = _get(scen, "failover", "targets", "ours")
     if failover:
         g, w = (

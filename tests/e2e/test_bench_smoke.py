@@ -38,6 +38,9 @@ def test_bench_smoke_runs_every_scenario_on_every_target(tmp_path: Path) -> None
         assert targets["ours"]["chunk_delay_ms"]["n"] > 0
     for name, r in scenarios["idle"]["targets"].items():
         assert (r["connected"], r["dropped"]) == (r["requested"], 0), name
+    over = scenarios["overload"]["targets"]["ours"]
+    assert (over["ok"], over["failed"], over["stalled"]) == (over["answers"], 0, 0)
+    assert over["answers"] == results["sizes"]["overload_streams"]
     failover = scenarios["failover"]["targets"]["ours"]
     assert failover["gateway_kill_resume_ms"]["n"] == failover["rounds"]
     assert failover["worker_kill_takeover_ms"]["n"] == failover["rounds"]
