@@ -4,7 +4,9 @@ A node that takes every answer offered slows all of them down together once its 
 is spent (every answer late, none refused). So both kinds of node admit new answers
 against three signals and refuse the rest up front, before anything is written:
 
-- how many answers the node has in hand (`max_answers`);
+- how many answers the node has in hand (`max_answers`), and how many of them are
+  still starting (`max_starting`: accepted, not a chunk yet), so that a burst of
+  chats is let in a slice at a time rather than all at once, each slice served fast;
 - its event loop's lag, smoothed (`LoopLag`): how late a 100 ms timer fires, which
   is how late every chunk on the node is;
 - on a gateway, the workers' own refusals: a worker that is full answers 429, and
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 #: How often the loop lag is sampled.
@@ -60,12 +63,14 @@ class Refusal:
 
 #: The refusal metric's label of each reason.
 AT_CAPACITY = "at_capacity"
+STARTING = "starting"
 LAGGING = "lagging"
 WORKERS_BUSY = "workers_busy"
 
-REASONS = (AT_CAPACITY, LAGGING, WORKERS_BUSY)
+REASONS = (AT_CAPACITY, STARTING, LAGGING, WORKERS_BUSY)
 MESSAGES = {
     AT_CAPACITY: "this node is at capacity; retry later",
+    STARTING: "this node is starting many answers; retry later",
     LAGGING: "this node is overloaded; retry later",
     WORKERS_BUSY: "no worker can take a new answer now; retry later",
 }
@@ -80,23 +85,40 @@ class Admission:
         max_lag_s: float,
         retry_after: float,
         *,
+        max_starting: int | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.max_answers = max_answers
+        self.max_starting = max_starting if max_starting is not None else max_answers
         self.max_lag_s = max_lag_s
         self.retry_after = retry_after
         self._jitter = jitter
         self._busy_until = 0.0
+        self.admitting = 0
+        """Chats admitted whose answer is not counted by the caller yet (see `slot`)."""
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold while an admitted chat is being accepted: it counts as an answer in hand
+        and starting, so chats checked meanwhile (every await of the accept lets others
+        run) see it, and a burst cannot all pass the check before any is counted."""
+        self.admitting += 1
+        try:
+            yield
+        finally:
+            self.admitting -= 1
 
     def workers_busy(self, now: float) -> None:
         """A worker refused an answer for lack of room: refuse new ones for a while."""
         self._busy_until = max(self._busy_until, now + self.retry_after)
 
-    def refusal(self, in_hand: int, lag_s: float, now: float) -> Refusal | None:
+    def refusal(self, in_hand: int, lag_s: float, now: float, starting: int = 0) -> Refusal | None:
         """None to admit; else why not and when to try again. Retry times are spread
         over 0.5-1.5x so refused clients do not all come back in the same instant."""
-        if in_hand >= self.max_answers:
+        if in_hand + self.admitting >= self.max_answers:
             reason, wait = AT_CAPACITY, self.retry_after
+        elif starting + self.admitting >= self.max_starting:
+            reason, wait = STARTING, self.retry_after
         elif lag_s > self.max_lag_s:
             reason, wait = LAGGING, self.retry_after
         elif now < self._busy_until:

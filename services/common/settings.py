@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # --- admission under overload (services/common/overload.py) -------------------------
     gateway_max_answers: int = Field(default=2_000, gt=0)
     """Answers one gateway drives at once; past it new chats get `busy` + `retry_after`."""
+    gateway_max_starting: int = Field(default=100, gt=0)
+    """Answers one gateway lets start at once (accepted, no chunk yet); past it new chats
+    get `busy` + `retry_after`, so a burst is let in a slice at a time."""
     worker_max_answers: int = Field(default=1_000, gt=0)
     """Answers one worker generates at once; past it the worker refuses new ones (429)
     and the gateways refuse new chats for OVERLOAD_RETRY_AFTER."""

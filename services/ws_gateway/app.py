@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                 settings.gateway_max_answers,
                 settings.overload_lag_ms / 1000,
                 settings.overload_retry_after,
+                max_starting=settings.gateway_max_starting,
             )
             driver = Driver(
                 store,

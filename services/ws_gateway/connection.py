@@ -209,6 +209,20 @@ class Connection:
                 f"text: at most {ctx.settings.max_prompt_chars} characters",
                 client_msg_id=frame.client_msg_id,
             )
+        refusal = ctx.admission.refusal(
+            ctx.driver.driving, ctx.lag.value, time.monotonic(), starting=ctx.hub.starting
+        )
+        if refusal is not None:
+            # Nothing is written, and the connection's chat bucket is not charged: the
+            # client sends the same chat again after retry_after (a chat accepted
+            # earlier then gets its ack, as any duplicate does).
+            ctx.metrics.chats_refused.labels(refusal.reason).inc()
+            raise ClientError(
+                ErrorCode.BUSY,
+                MESSAGES[refusal.reason],
+                client_msg_id=frame.client_msg_id,
+                retry_after=refusal.retry_after,
+            )
         wait = self._chats.take(time.monotonic())
         if wait > 0:
             raise ClientError(
@@ -217,17 +231,13 @@ class Connection:
                 client_msg_id=frame.client_msg_id,
                 retry_after=round(wait, 2),
             )
-        refusal = ctx.admission.refusal(ctx.driver.driving, ctx.lag.value, time.monotonic())
-        if refusal is not None:
-            # Nothing is written: the client sends the same chat again after retry_after
-            # (a chat accepted earlier then gets its ack, as any duplicate does).
-            ctx.metrics.chats_refused.labels(refusal.reason).inc()
-            raise ClientError(
-                ErrorCode.BUSY,
-                MESSAGES[refusal.reason],
-                client_msg_id=frame.client_msg_id,
-                retry_after=refusal.retry_after,
-            )
+        with ctx.admission.slot():
+            # Counted from the check until the hub follows the answer (during the
+            # notifier's publish, at the latest) and the driver holds it.
+            await self._accept(frame)
+
+    async def _accept(self, frame: ChatFrame) -> None:
+        ctx = self.ctx
         try:
             # Writes the message.accepted event (in the outbox) if the chat is new.
             outcome, message_id = await ctx.store.accept_chat(

@@ -53,6 +53,8 @@ class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, set[Member]] = {}
         self._streams: dict[str, FollowedStream] = {}
+        self._starting: set[str] = set()
+        """Streams followed from their start that have had no entry yet."""
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -87,6 +89,8 @@ class Hub:
         if stream is None:
             stream = FollowedStream(message_id, key, chunk_entry_id(after_seq), now)
             self._streams[message_id] = stream
+            if after_seq == 0:
+                self._starting.add(message_id)
         stream.followers.add(member)
         return created
 
@@ -97,6 +101,7 @@ class Hub:
         stream.followers.discard(member)
         if not stream.followers:
             del self._streams[message_id]
+            self._starting.discard(message_id)
 
     def to_read(self) -> list[FollowedStream]:
         """The streams the reader should block on (every one not finished)."""
@@ -115,6 +120,7 @@ class Hub:
         stream.moved_at = now
         if not entries:
             return
+        self._starting.discard(stream.message_id)
         last = entries[-1]
         stream.position_written_ms = last.written_ms if isinstance(last, ChunkEntry) else 0
         for member in list(stream.followers):
@@ -123,6 +129,7 @@ class Hub:
     def lose(self, message_id: str) -> None:
         """The stream's stored state is gone or went back: end it for every follower."""
         stream = self._streams.pop(message_id, None)
+        self._starting.discard(message_id)
         if stream is None:
             return
         for member in list(stream.followers):
@@ -145,3 +152,9 @@ class Hub:
     @property
     def streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def starting(self) -> int:
+        """Streams followed from seq 1 with no entry yet: answers still starting (their
+        start is the costly part of an answer: every store and the worker call)."""
+        return len(self._starting)

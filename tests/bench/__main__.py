@@ -159,6 +159,7 @@ def streams_run(
         "errors": result.errors,
         "refusals": result.refusals,
         "refused_answers": sum(1 for a in result.answers if a.refusals),
+        "resumes": sum(a.resumes for a in result.answers),
         "refused_wait_ms": _summary(result.refused_waits(), 1000),
         "stalled": result.stalled(STALL_S),
         "connect_failures": result.connect_failures,

@@ -217,6 +217,9 @@ class AnswerRecord:
     usage: dict[str, int] | None = None
     refusals: int = 0
     """Times this chat was refused (busy/rate_limited) before it was accepted."""
+    resumes: int = 0
+    """Times the server said the follow failed (`internal` with the message id) and the
+    client resumed after its last seq, as a real client does."""
     error: str | None = None
     """Why it failed: "timeout", "closed 1006", "error <code>", "finish error",
     "not connected: <why>", ...; None when it ended with done stop/length."""
@@ -520,6 +523,7 @@ class _Client:
         "counts",
         "chunk_times",
         "refusals",
+        "sends",
     )
 
     def __init__(
@@ -538,9 +542,17 @@ class _Client:
         self.counts = counts
         self.chunk_times = chunk_times
         self.refusals = refusals
+        self.sends: set[asyncio.Task[None]] = set()
+        """Frames the reader sends (a resume), kept until sent."""
 
     def start(self) -> None:
         self.reader = asyncio.create_task(self._read())
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        """A send task ended; a socket that closed meanwhile shows in the reader."""
+        self.sends.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def _read(self) -> None:
         ws = self.ws
@@ -619,7 +631,17 @@ class _Client:
         elif typ == "error":
             code = str(data.get("code"))
             if p.mid is not None:
-                if data.get("message_id") == p.mid:
+                if data.get("message_id") != p.mid:
+                    return
+                if code == "internal" and not self.sio:
+                    # The server could not follow (or replay) the answer for us: resume
+                    # after the last seq shown, as the protocol's checklist says.
+                    p.rec.resumes += 1
+                    resume = {"type": "resume", "message_id": p.mid, "after_seq": p.expected - 1}
+                    task = asyncio.create_task(self.ws.send(json.dumps(resume)))
+                    self.sends.add(task)
+                    task.add_done_callback(self._sent)
+                else:
                     p.error_code = code  # done follows
             elif data.get("client_msg_id") in (p.cmid, None):
                 if code in REFUSALS:

@@ -57,9 +57,7 @@ async def test_a_full_cluster_refuses_new_chats_and_loses_nothing(small_cluster)
         # The worker had room for one: the second answer waited for it, and both
         # stream whole, exactly once.
         answers = [Answer(first["message_id"]), Answer(second["message_id"])]
-        await asyncio.gather(
-            clients[0].read_answer(answers[0]), clients[1].read_answer(answers[1])
-        )
+        await asyncio.gather(clients[0].read_answer(answers[0]), clients[1].read_answer(answers[1]))
         for answer in answers:
             answer.assert_exactly_once()
             assert answer.done is not None and answer.done["finish_reason"] == "stop"

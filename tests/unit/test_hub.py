@@ -17,12 +17,16 @@ class FakeMember:
         self.name = name
         self.started: list[str] = []
         self.entries: list[tuple[str, list[StreamEntry]]] = []
+        self.lost: list[str] = []
 
     def push_new_message(self, message_id: str) -> None:
         self.started.append(message_id)
 
     def on_entries(self, message_id: str, entries: list[StreamEntry]) -> None:
         self.entries.append((message_id, entries))
+
+    def on_lost(self, message_id: str) -> None:
+        self.lost.append(message_id)
 
     def __repr__(self) -> str:
         return f"FakeMember({self.name})"
@@ -256,3 +260,36 @@ def test_a_finished_stream_is_never_stalled() -> None:
     hub, _, stream = one_follower(now=0.0)
     hub.deliver(stream, DONE_ENTRY_ID, [DONE], now=0.5)
     assert hub.stalled(now=100.0, after=2.0) == []
+
+
+# --- starting answers ---------------------------------------------------------------------
+
+
+def test_a_stream_followed_from_its_start_is_starting_until_its_first_entry() -> None:
+    hub, a, stream = one_follower()
+    assert hub.starting == 1
+    hub.deliver(stream, chunk_entry_id(0), [], 2.0)  # a read that found nothing
+    assert hub.starting == 1
+    hub.deliver(stream, chunk_entry_id(1), [chunk(1)], 3.0)
+    assert hub.starting == 0
+    hub.follow("m1", "k1", FakeMember("b"), 0, 4.0)  # a second follower: not new
+    assert hub.starting == 0
+
+
+def test_a_resumed_stream_is_not_starting() -> None:
+    hub = Hub()
+    hub.follow("m1", "k1", FakeMember("a"), 5, 1.0)
+    assert hub.starting == 0
+
+
+def test_a_starting_stream_that_is_unfollowed_or_lost_stops_counting() -> None:
+    hub = Hub()
+    a, b = FakeMember("a"), FakeMember("b")
+    hub.follow("m1", "k1", a, 0, 1.0)
+    hub.follow("m2", "k2", b, 0, 1.0)
+    assert hub.starting == 2
+    hub.unfollow("m1", a)
+    assert hub.starting == 1
+    hub.lose("m2")
+    assert hub.starting == 0
+    assert b.lost == ["m2"]

@@ -12,6 +12,7 @@ from services.common.overload import (
     LAGGING,
     MESSAGES,
     REASONS,
+    STARTING,
     WORKERS_BUSY,
     Admission,
     LoopLag,
@@ -104,3 +105,27 @@ async def test_the_sampler_sees_a_blocked_loop() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_too_many_answers_starting_refuses_though_there_is_room() -> None:
+    a = Admission(100, 0.25, 2.0, max_starting=5, jitter=lambda: 0.5)
+    assert a.refusal(in_hand=50, lag_s=0.0, now=0.0, starting=4) is None
+    refusal = a.refusal(in_hand=50, lag_s=0.0, now=0.0, starting=5)
+    assert refusal is not None and refusal.reason == STARTING
+
+
+def test_without_a_starting_bound_only_answers_in_hand_count() -> None:
+    assert admission().refusal(in_hand=9, lag_s=0.0, now=0.0, starting=9) is None
+
+
+def test_a_chat_being_accepted_holds_a_slot_until_it_is_counted() -> None:
+    a = Admission(2, 0.25, 2.0, max_starting=2, jitter=lambda: 0.5)
+    with a.slot():
+        assert a.refusal(in_hand=0, lag_s=0.0, now=0.0) is None  # one more fits
+        with a.slot():
+            refusal = a.refusal(in_hand=0, lag_s=0.0, now=0.0)
+            assert refusal is not None and refusal.reason == AT_CAPACITY
+    assert a.admitting == 0
+    with pytest.raises(RuntimeError), a.slot():
+        raise RuntimeError("the accept failed")
+    assert a.admitting == 0  # released on failure too
