@@ -2,6 +2,14 @@
 
 `TokenBatcher` is the pure core (time is passed in); `batch_events` runs it over a
 provider's event stream with a producer task, so a slow model still flushes on time.
+
+Adaptive batching (`AdaptiveFlush`): every chunk costs the cluster about the same CPU
+whatever it carries (a Redis append, a relay read, a frame), so a worker with many
+answers flushes each of them less often, to keep its total chunk rate near
+`WORKER_MAX_CHUNKS_PER_S`: each chunk then carries more tokens, and every client still
+gets the same tokens per second. The interval never exceeds BATCH_MAX_FLUSH_MS, and an
+answer's first chunk always goes out after BATCH_FLUSH_MS, so time to first chunk is
+unchanged.
 """
 
 from __future__ import annotations
@@ -19,15 +27,37 @@ from services.common.tasks import cancel_and_wait
 _QUEUE_SIZE = 256
 
 
+class AdaptiveFlush:
+    """A worker's flush interval for all its answers: `base_s` while the worker is light;
+    with `streams` answers, `streams / max_chunks_per_s` (their chunks together then
+    stay near that rate), up to `max_s`."""
+
+    def __init__(self, base_s: float, max_s: float, max_chunks_per_s: float) -> None:
+        self.base_s = base_s
+        self.max_s = max(max_s, base_s)
+        self.max_chunks_per_s = max_chunks_per_s
+        self.value = base_s
+
+    def update(self, streams: int) -> float:
+        self.value = min(self.max_s, max(self.base_s, streams / self.max_chunks_per_s))
+        return self.value
+
+
 class TokenBatcher:
     """Groups tokens into chunks: flush when flush_ms passed since the first pending token,
-    or max_tokens are pending."""
+    or max_tokens are pending. With `adaptive`, chunks after the first wait its current
+    interval instead (never less than flush_ms)."""
 
-    def __init__(self, flush_ms: float, max_tokens: int) -> None:
+    def __init__(
+        self, flush_ms: float, max_tokens: int, adaptive: AdaptiveFlush | None = None
+    ) -> None:
         """Raises ValueError if max_tokens < 1."""
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
-        self._flush_after = max(flush_ms, 0.0) / 1000.0
+        self._base = max(flush_ms, 0.0) / 1000.0
+        self._adaptive = adaptive
+        self._flushed = False
+        """A chunk went out (the next ones may wait the adaptive interval)."""
         self._max_tokens = max_tokens
         self._pending: list[str] = []
         self._first_at = 0.0
@@ -47,11 +77,11 @@ class TokenBatcher:
         """Seconds until the pending chunk is due (0 if overdue); None if nothing is pending."""
         if not self._pending:
             return None
-        return max(0.0, self._first_at + self._flush_after - now)
+        return max(0.0, self._first_at + self._flush_after() - now)
 
     def take_due(self, now: float) -> str | None:
         """Return the pending chunk if it is due, else None."""
-        if self._pending and now >= self._first_at + self._flush_after:
+        if self._pending and now >= self._first_at + self._flush_after():
             return self.flush()
         return None
 
@@ -61,7 +91,14 @@ class TokenBatcher:
             return None
         chunk = "".join(self._pending)
         self._pending.clear()
+        self._flushed = True
         return chunk
+
+    def _flush_after(self) -> float:
+        """The first chunk goes out at the base pace; the next ones at the worker's."""
+        if self._adaptive is None or not self._flushed:
+            return self._base
+        return max(self._base, self._adaptive.value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from services.ai_worker.aftercare import FinishedAnswer
-from services.ai_worker.batcher import TokenBatcher, batch_events
+from services.ai_worker.batcher import AdaptiveFlush, TokenBatcher, batch_events
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers.base import (
     ChatTurn,
@@ -85,8 +85,10 @@ class Generation:
         provider: ModelProvider,
         settings: Settings,
         metrics: WorkerMetrics,
+        flush: AdaptiveFlush | None = None,
     ) -> None:
         self.message_id = message_id
+        self._flush = flush
         self.progress = Progress()
         self._store = store
         self._provider = provider
@@ -160,7 +162,9 @@ class Generation:
                 history=await self._history(meta),
                 text_so_far=text,
             )
-            batcher = TokenBatcher(self._settings.batch_flush_ms, self._settings.batch_max_tokens)
+            batcher = TokenBatcher(
+                self._settings.batch_flush_ms, self._settings.batch_max_tokens, self._flush
+            )
             events = batch_events(self._provider.stream(request), batcher)
             try:
                 async for item in events:

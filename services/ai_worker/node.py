@@ -14,6 +14,7 @@ import time
 import httpx
 
 from services.ai_worker.aftercare import RecentlyFinished
+from services.ai_worker.batcher import AdaptiveFlush
 from services.ai_worker.generation import Generation
 from services.ai_worker.metrics import WorkerMetrics
 from services.ai_worker.providers import build_provider
@@ -44,6 +45,16 @@ class Worker:
         self.draining = False
         self.recent = RecentlyFinished(settings.finished_watch_s, settings.finished_watch_max)
         """What was written of the answers finished lately (see aftercare.py)."""
+        self.flush = (
+            AdaptiveFlush(
+                settings.batch_flush_ms / 1000,
+                settings.batch_max_flush_ms / 1000,
+                settings.worker_max_chunks_per_s,
+            )
+            if settings.worker_max_chunks_per_s > 0
+            else None
+        )
+        """The flush interval of all this worker's answers (adaptive batching)."""
         self.lag = LoopLag()
         metrics.loop_lag.set_function(lambda: self.lag.value)
         self.admission = Admission(
@@ -75,10 +86,16 @@ class Worker:
             provider=self.provider,
             settings=self.settings,
             metrics=self.metrics,
+            flush=self.flush,
         )
         task = asyncio.create_task(self._run(gen), name=f"generate-{message_id}")
         self.running[message_id] = (gen, task)
+        self._load_changed()
         return gen
+
+    def _load_changed(self) -> None:
+        if self.flush is not None:
+            self.flush.update(len(self.running))
 
     async def _run(self, gen: Generation) -> None:
         self.metrics.in_flight.inc()
@@ -87,6 +104,7 @@ class Worker:
         finally:
             self.metrics.in_flight.dec()
             self.running.pop(gen.message_id, None)
+            self._load_changed()
             if gen.finished is not None:
                 self.recent.add(gen.finished)
             if gen.progress.outcome == Outcome.LEASED:

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     model_provider: Literal["simulated", "openai"] = "simulated"
     batch_flush_ms: float = 25.0
     batch_max_tokens: int = 16
+    batch_max_flush_ms: float = Field(default=250.0, ge=0)
+    """Adaptive batching's longest flush interval (see WORKER_MAX_CHUNKS_PER_S)."""
+    worker_max_chunks_per_s: float = Field(default=1_500.0, ge=0)
+    """A worker with many answers flushes each less often (up to BATCH_MAX_FLUSH_MS), so
+    its chunks together stay near this rate: more tokens per chunk, the same tokens per
+    second for every client. 0 turns adaptive batching off."""
     sim_tokens_per_second: float = 40.0
     sim_seed: int = 0
     sim_min_tokens: int = 60

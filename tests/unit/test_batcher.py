@@ -8,7 +8,7 @@ from contextlib import aclosing
 
 import pytest
 
-from services.ai_worker.batcher import TokenBatcher, batch_events
+from services.ai_worker.batcher import AdaptiveFlush, TokenBatcher, batch_events
 from services.ai_worker.providers.base import Finish, ProviderError, ProviderEvent, Token
 from services.common.protocol import FinishReason
 
@@ -185,3 +185,32 @@ async def test_early_stop_cancels_and_closes_the_source() -> None:
     assert asyncio.all_tasks() == tasks_before
     # The bounded queue stopped the source from running far ahead of the consumer.
     assert produced < 1000
+
+
+# --- adaptive batching ----------------------------------------------------------------------
+
+
+def test_adaptive_flush_grows_with_the_answers_in_hand_between_its_bounds() -> None:
+    flush = AdaptiveFlush(base_s=0.025, max_s=0.25, max_chunks_per_s=1000)
+    assert flush.update(10) == 0.025  # 10 answers at 40 chunks/s fit in 1000/s
+    assert flush.update(100) == pytest.approx(0.1)  # 100 answers: each every 100 ms
+    assert flush.update(10_000) == 0.25  # capped
+    assert flush.update(0) == 0.025
+
+
+def test_the_first_chunk_goes_out_at_the_base_pace_and_later_ones_at_the_workers() -> None:
+    flush = AdaptiveFlush(base_s=0.025, max_s=0.25, max_chunks_per_s=1000)
+    flush.update(200)  # 200 ms
+    b = TokenBatcher(flush_ms=25, max_tokens=100, adaptive=flush)
+    b.add("a", 0.0)
+    assert b.due_in(0.0) == pytest.approx(0.025)
+    assert b.take_due(0.025) == "a"
+    b.add("b", 1.0)
+    assert b.due_in(1.0) == pytest.approx(0.2)
+    assert b.take_due(1.1) is None
+    b.add("c", 1.1)
+    assert b.take_due(1.2) == "bc"
+    flush.update(1)  # the worker got light again: the next chunk follows
+    b.add("d", 2.0)
+    assert b.take_due(2.0) is None
+    assert b.take_due(2.025) == "d"
