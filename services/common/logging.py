@@ -59,3 +59,6 @@ def configure_logging(node_id: str, service: str, level: str = "INFO") -> None:
     # One line per HTTP request is noise next to the chat events.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: a line per generate call (an answer) on the
+    # gateway, and per provider call on the worker.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -133,6 +133,8 @@ class LuaScript:
         self.name = name
         self.source = expand_includes(name, _LUA.joinpath(f"{name}.lua").read_text())
         self.signature = parse_signature(name, self.source)
+        self._key_names = frozenset(self.signature.keys)
+        self._arg_names = frozenset(self.signature.args)
 
     def bind(self, redis: Redis) -> BoundScript:
         return BoundScript(self, redis)
@@ -142,8 +144,11 @@ class LuaScript:
     ) -> tuple[list[str], list[Scalar]]:
         """KEYS and ARGV in slot order; raises ScriptSignatureError on any name mismatch."""
         sig = self.signature
-        _same_names(self.name, "keys", sig.keys, keys)
-        _same_names(self.name, "args", sig.args, args)
+        # Compared as key views (no set built per call: this runs for every chunk).
+        if keys.keys() != self._key_names:
+            _same_names(self.name, "keys", sig.keys, keys)
+        if args.keys() != self._arg_names:
+            _same_names(self.name, "args", sig.args, args)
         if rest and sig.rest is None:
             raise ScriptSignatureError(f"{self.name}.lua takes no extra args")
         return [keys[n] for n in sig.keys], [args[n] for n in sig.args] + list(rest)
