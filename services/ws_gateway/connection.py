@@ -109,18 +109,20 @@ class Connection:
 
     # --- life ------------------------------------------------------------------------
 
-    async def run(self, welcome: BaseModel) -> None:
-        """Serve the connection until the client leaves or must be closed.
-
-        The sender runs in the caller's task and the receiver in one task of its own:
-        two tasks per connection, the least that can wait on both sides. `welcome` is
-        the first frame the client gets.
-        """
+    def greet(self, welcome: BaseModel) -> None:
+        """Queue the first frame the client gets; then follow the answers pushed before."""
         self.sender.send(welcome)
         self._welcomed = True
         for message_id in self._early:
             self.push_new_message(message_id)
         self._early.clear()
+
+    async def run(self) -> None:
+        """Serve the connection until the client leaves or must be closed (after `greet`).
+
+        The sender runs in the caller's task and the receiver in one task of its own:
+        two tasks per connection, the least that can wait on both sides.
+        """
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
         # The client left (or its frames failed): wake the sender so it returns.
         receiver.add_done_callback(lambda _task: self.sender.stop())

@@ -107,7 +107,7 @@ async def chat(ws: WebSocket) -> None:
     ctx.metrics.connections.inc()
     try:
         # Join before listing streams, so an answer starting now is listed or pushed
-        # (a push before the welcome is queued waits for it: see Connection.run).
+        # (a push before the welcome is queued waits for it: see Connection.greet).
         try:
             await ctx.notifier.join(scope)
             welcome = WelcomeFrame(
@@ -121,7 +121,10 @@ async def chat(ws: WebSocket) -> None:
             log.exception("could not join the session's notices or list its streams")
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, reason="storage unavailable")
             return
-        await conn.run(welcome)
+        conn.greet(welcome)
+        # Not kept for the connection's life (about a KiB per idle socket).
+        del welcome
+        await conn.run()
     finally:
         ctx.metrics.connections.dec()
         ctx.hub.leave(scope, conn)

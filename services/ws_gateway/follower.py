@@ -18,7 +18,6 @@ the answer ended because no worker could finish it) and ends the follow.
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -168,7 +167,8 @@ class SeenMessages:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # A plain dict keeps insertion order, and is smaller than an OrderedDict.
+        self._ids: dict[str, None] = {}
 
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._ids
@@ -177,7 +177,7 @@ class SeenMessages:
         return len(self._ids)
 
     def add(self, message_id: str) -> None:
+        self._ids.pop(message_id, None)  # re-added last: the most recent
         self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
         while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
+            del self._ids[next(iter(self._ids))]

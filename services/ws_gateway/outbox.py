@@ -7,7 +7,6 @@ limit, must be closed with 4008; it resumes from where it was.
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 
 
@@ -15,7 +14,10 @@ from dataclasses import dataclass, field
 class Outbox:
     limit: int
     grace: float
-    _frames: collections.deque[str] = field(default_factory=collections.deque)
+    # A list, not a deque: an empty deque takes a 64-slot block (about 700 bytes) on
+    # every idle connection; taking a batch off the front of at most 2 * limit
+    # pointers is cheap.
+    _frames: list[str] = field(default_factory=list)
     _full_since: float | None = None
     too_slow: bool = False
 
@@ -47,8 +49,8 @@ class Outbox:
 
     def pop_batch(self, max_frames: int = 64) -> list[str]:
         """Take up to `max_frames` frames to send in one go."""
-        n = min(max_frames, len(self._frames))
-        batch = [self._frames.popleft() for _ in range(n)]
+        batch = self._frames[:max_frames]
+        del self._frames[:max_frames]
         if len(self._frames) < self.limit:
             self._full_since = None
         return batch

@@ -22,6 +22,43 @@ from services.ws_gateway.outbox import Outbox
 log = logging.getLogger(__name__)
 
 
+class Signal:
+    """`asyncio.Event`'s set / clear / wait without its waiter deque (about 700 bytes,
+    two per connection): the futures exist only while someone waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class Sender:
     def __init__(
         self,
@@ -34,8 +71,8 @@ class Sender:
         self.outbox = Outbox(limit=limit, grace=grace)
         self._metrics = metrics
         self._clock = clock
-        self._ready = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._ready = Signal()
+        self._drained = Signal()
         self._stopped = False
         self.close_code: int | None = None
         """Set once the connection must be closed, with the code to close with."""
