@@ -34,7 +34,7 @@ from services.common.message_store import (
     MessageStore,
     user_item_id,
 )
-from services.common.protocol import ErrorCode, FinishReason, MessageStatus, Usage
+from services.common.protocol import ErrorCode, FinishReason, HistoryItem, MessageStatus, Usage
 from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry
 
@@ -144,7 +144,11 @@ class Generation:
 
     async def _generate(self, meta: MessageMeta, lease: Lease) -> None:
         token = lease.token
-        text, last_seq, done = await self._cached(meta)
+        limit = self._settings.history_context_messages
+        entries, cancelled, items = await self._store.generation_inputs(
+            self.message_id, meta.session_id, limit + 1
+        )
+        text, last_seq, done = cached_text(entries)
         if done is not None:
             self.progress.update(last_seq=done.last_seq, outcome=Outcome.DONE)
             return
@@ -153,13 +157,13 @@ class Generation:
             log.info("continuing after cached seq", extra={"detail": last_seq})
         self.progress.update(last_seq=last_seq)
         reason, usage = FinishReason.STOP, Usage(completion_tokens=meta.completion_tokens)
-        if await self._store.is_cancelled(self.message_id):
+        if cancelled:
             reason = FinishReason.CANCELLED
         else:
             request = GenerationRequest(
                 message_id=self.message_id,
                 prompt=meta.prompt,
-                history=await self._history(meta),
+                history=context_turns(items, self.message_id, limit),
                 text_so_far=text,
             )
             batcher = TokenBatcher(
@@ -300,7 +304,7 @@ class Generation:
     async def _lose(self, meta: MessageMeta, token: str, lease: Lease) -> None:
         """Redis lost chunks this worker cannot write again: end the answer at what is
         stored, with `state_lost`, so every client is told."""
-        text, last_seq, done = await self._cached(meta)
+        text, last_seq, done = cached_text(await self._store.read_entries(self.message_id))
         lease.forget()
         self._lease = None
         outcome = Outcome.DONE
@@ -313,26 +317,28 @@ class Generation:
                 outcome = Outcome.LOST
         self.progress.update(last_seq=last_seq, outcome=outcome)
 
-    async def _cached(self, meta: MessageMeta) -> tuple[str, int, DoneEntry | None]:
-        """The text and last seq already in the chunk cache (non-empty after a takeover)."""
-        parts: list[str] = []
-        last_seq = 0
-        for entry in await self._store.read_entries(self.message_id):
-            if isinstance(entry, ChunkEntry):
-                parts.append(entry.delta)
-                last_seq = entry.seq
-            else:
-                return "".join(parts), last_seq, entry
-        return "".join(parts), last_seq, None
 
-    async def _history(self, meta: MessageMeta) -> list[ChatTurn]:
-        """Earlier turns of the session, bounded, without this message's own prompt."""
-        limit = self._settings.history_context_messages
-        items = await self._store.history(meta.session_id, limit + 1)
-        own = user_item_id(self.message_id)
-        turns: list[ChatTurn] = []
-        for item in items:
-            if item.message_id in (own, self.message_id):
-                break
-            turns.append(ChatTurn(role=item.role, content=item.text))
-        return turns[-limit:]
+def cached_text(entries: list[ChunkEntry | DoneEntry]) -> tuple[str, int, DoneEntry | None]:
+    """The text and last seq already in the chunk cache (non-empty after a takeover),
+    and its final record if the answer is done."""
+    parts: list[str] = []
+    last_seq = 0
+    for entry in entries:
+        if isinstance(entry, ChunkEntry):
+            parts.append(entry.delta)
+            last_seq = entry.seq
+        else:
+            return "".join(parts), last_seq, entry
+    return "".join(parts), last_seq, None
+
+
+def context_turns(items: list[HistoryItem], message_id: str, limit: int) -> list[ChatTurn]:
+    """Earlier turns of the session for the model, at most `limit`, stopping at this
+    message's own prompt (and anything after it)."""
+    own = user_item_id(message_id)
+    turns: list[ChatTurn] = []
+    for item in items:
+        if item.message_id in (own, message_id):
+            break
+        turns.append(ChatTurn(role=item.role, content=item.text))
+    return turns[-limit:]

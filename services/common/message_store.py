@@ -306,6 +306,25 @@ class MessageStore:
             return None
         return str(session_id)
 
+    @storage_op
+    async def generation_inputs(
+        self, message_id: str, session_id: str, history_limit: int
+    ) -> tuple[list[ChunkEntry | DoneEntry], bool, list[HistoryItem]]:
+        """What a worker reads to start (or continue) an answer, in one round trip: the
+        cached entries, whether it was cancelled, and the session's last
+        `history_limit` history items. Read together in one pipeline, because under
+        load every separate await waits a whole turn of a busy event loop.
+
+        Raises ValueError if an entry is malformed (written by something else)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.xrange(self._k.message_stream(message_id), min="-", max="+")
+            pipe.exists(self._k.message_cancel(message_id))
+            pipe.lrange(self._k.session_history(session_id), -history_limit, -1)
+            raw_entries, cancelled, raw_history = await pipe.execute()
+        entries = [decode_entry(eid, fields) for eid, fields in raw_entries]
+        history = [HistoryItem.model_validate_json(item) for item in raw_history]
+        return entries, bool(cancelled), history
+
     # --- both ---------------------------------------------------------------------------
 
     @storage_op

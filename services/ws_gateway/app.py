@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(connect=2.0, read=10.0, write=5.0, pool=5.0),
-                    limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
+                    # Each answer holds a call for its whole life; keeping as many idle
+                    # connections spares the next burst of answers their connects.
+                    limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),
                 )
             )
             keys = Keys(settings.redis_key_prefix)

@@ -270,8 +270,10 @@ class Connection:
         # Every connection of the session on this node follows from seq 1 at once;
         # the other nodes learn through the session channel.
         ctx.hub.message_started(self.session_id, message_id)
-        await ctx.notifier.message_started(self.session_id, message_id)
+        # Driven before the other nodes are told: the publish is a round trip, and the
+        # answer's first chunk need not wait for it.
         ctx.driver.drive(message_id, self.session_id)
+        await ctx.notifier.message_started(self.session_id, message_id)
 
     async def _resume(self, frame: ResumeFrame) -> None:
         ctx = self.ctx

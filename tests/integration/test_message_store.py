@@ -768,3 +768,25 @@ async def test_every_kind_of_call_raises_storage_error_when_redis_is_unreachable
             await store.generators.acquire("m1", "w1")
     finally:
         await client.aclose()
+
+
+async def test_generation_inputs_read_cache_cancel_and_history_in_one_go(
+    store: MessageStore,
+) -> None:
+    first, token = await generating(store, "c1", prompt="first question")
+    assert await finish(store, first, token, text="first answer") is FinishOutcome.OK
+    mid, _ = await generating(store, "c2", "Hel", "lo", prompt="second question")
+
+    entries, cancelled, history = await store.generation_inputs(mid, SESSION, 10)
+
+    assert [(e.seq, e.delta) for e in entries if isinstance(e, ChunkEntry)] == [
+        (1, "Hel"),
+        (2, "lo"),
+    ]
+    assert cancelled is False
+    assert [item.text for item in history] == ["first question", "first answer", "second question"]
+    assert [item.text for item in (await store.generation_inputs(mid, SESSION, 1))[2]] == [
+        "second question"
+    ]
+    await store.cancel(mid)
+    assert (await store.generation_inputs(mid, SESSION, 10))[1] is True

@@ -264,6 +264,15 @@ class FakeStore:
     async def history(self, session_id: str, limit: int) -> list[HistoryItem]:
         return self.histories.get(session_id, [])[-limit:]
 
+    async def generation_inputs(
+        self, message_id: str, session_id: str, history_limit: int
+    ) -> tuple[list[StreamEntry], bool, list[HistoryItem]]:
+        return (
+            await self.read_entries(message_id),
+            await self.is_cancelled(message_id),
+            await self.history(session_id, history_limit),
+        )
+
     async def append_chunk(self, message_id: str, session_id: str, **kwargs: Any) -> AppendOutcome:
         # AppendCall takes exactly the keyword arguments MessageStore.append_chunk does.
         call = AppendCall(**kwargs)
