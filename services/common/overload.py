@@ -10,8 +10,9 @@ against three signals and refuse the rest up front, before anything is written:
 - its event loop's lag, smoothed (`LoopLag`): how late a 100 ms timer fires, which
   is how late every chunk on the node is;
 - on a gateway, the workers' own refusals: a worker that is full answers 429, and
-  the gateway then refuses new chats for `retry_after`, rather than accepting answers
-  no worker will start.
+  the gateway then refuses new chats while any answer it accepted still waits for a
+  worker (and for `retry_after` after the last refusal), rather than accepting
+  answers no worker will start.
 
 A refused chat gets `busy` with `retry_after` (the client sends it again then); the
 answers already admitted keep their pace. The decision is pure (`Admission.refusal`);
@@ -112,7 +113,9 @@ class Admission:
         """A worker refused an answer for lack of room: refuse new ones for a while."""
         self._busy_until = max(self._busy_until, now + self.retry_after)
 
-    def refusal(self, in_hand: int, lag_s: float, now: float, starting: int = 0) -> Refusal | None:
+    def refusal(
+        self, in_hand: int, lag_s: float, now: float, starting: int = 0, waiting: int = 0
+    ) -> Refusal | None:
         """None to admit; else why not and when to try again. Retry times are spread
         over 0.5-1.5x so refused clients do not all come back in the same instant."""
         if in_hand + self.admitting >= self.max_answers:
@@ -121,6 +124,8 @@ class Admission:
             reason, wait = STARTING, self.retry_after
         elif lag_s > self.max_lag_s:
             reason, wait = LAGGING, self.retry_after
+        elif waiting > 0:
+            reason, wait = WORKERS_BUSY, self.retry_after
         elif now < self._busy_until:
             reason, wait = WORKERS_BUSY, self._busy_until - now
         else:

@@ -212,7 +212,11 @@ class Connection:
                 client_msg_id=frame.client_msg_id,
             )
         refusal = ctx.admission.refusal(
-            ctx.driver.driving, ctx.lag.value, time.monotonic(), starting=ctx.hub.starting
+            ctx.driver.driving,
+            ctx.lag.value,
+            time.monotonic(),
+            starting=ctx.hub.starting,
+            waiting=ctx.driver.waiting_for_room,
         )
         if refusal is not None:
             # Nothing is written, and the connection's chat bucket is not charged: the

@@ -111,10 +111,18 @@ class Driver:
         self._recovery_timeout = recovery_timeout
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waiting: set[str] = set()
+        """Answers whose last call found no worker with room (they wait to start)."""
 
     @property
     def driving(self) -> int:
         return len(self._tasks)
+
+    @property
+    def waiting_for_room(self) -> int:
+        """Answers this node accepted that no worker had room for yet: while there are
+        any, new chats would only queue behind them (admission refuses them)."""
+        return len(self._waiting)
 
     def drive(self, message_id: str, session_id: str) -> None:
         """Start driving the message unless this node already does."""
@@ -124,7 +132,11 @@ class Driver:
             self._guarded(message_id, session_id), name=f"drive-{message_id}"
         )
         self._tasks[message_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(message_id, None))
+        task.add_done_callback(lambda _t: self._ended(message_id))
+
+    def _ended(self, message_id: str) -> None:
+        self._tasks.pop(message_id, None)
+        self._waiting.discard(message_id)
 
     async def adopt_if_orphaned(self, message_id: str) -> None:
         """Drive a followed stream that nobody generates or drives (both died)."""
@@ -185,6 +197,7 @@ class Driver:
                 self._metrics.takeovers.inc()
                 log.info("handing the answer to another worker", extra={"detail": attempt})
             attempt += 1
+            self._waiting.discard(message_id)  # trying again (a worker may have room)
             result, progressed_at = await self._call(message_id, meta.last_seq == 0)
             if progressed_at is not None:
                 last_progress = max(last_progress, progressed_at)
@@ -193,6 +206,7 @@ class Driver:
                 return
             if result == CallResult.BUSY:
                 self._metrics.workers_busy.inc()
+                self._waiting.add(message_id)
                 self._on_workers_busy(time.monotonic())
                 attempt = 0  # not a takeover: the answer has not started
             if result == CallResult.LEASED:

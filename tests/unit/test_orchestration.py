@@ -419,14 +419,20 @@ class DriverHarness:
         self.metrics = GatewayMetrics(self.registry)
         self.workers_busy_at: list[float] = []
         """When the driver told its node that no worker had room."""
+        self.waiting_when_busy: list[int] = []
+        """The driver's `waiting_for_room` at each of those times."""
         self.driver = Driver(
             store,  # type: ignore[arg-type]
             worker,
             node_id=GATEWAY,
             recovery_timeout=recovery_timeout,
             metrics=self.metrics,
-            on_workers_busy=self.workers_busy_at.append,
+            on_workers_busy=self._workers_busy,
         )
+
+    def _workers_busy(self, now: float) -> None:
+        self.workers_busy_at.append(now)
+        self.waiting_when_busy.append(self.driver.waiting_for_room)
 
     def task(self, message_id: str = MID) -> asyncio.Task[None]:
         (task,) = [
@@ -518,9 +524,15 @@ async def test_busy_workers_make_the_answer_wait_and_the_node_refuse_new_chats(
 ) -> None:
     store = FakeStore()
     store.add()
-    busy, done = (CallResult.BUSY, False), (CallResult.DONE, True)
-    h = make_driver(store, busy, busy, done)
-    await h.drive()
+    busy = (CallResult.BUSY, False)
+    gate, held = held_call()
+    h = make_driver(store, busy, busy, held)
+    h.driver.drive(MID, SID)
+    await h.worker.wait_calls(3)
+    assert h.waiting_when_busy == [1, 1]  # waiting for room between the calls
+    assert h.driver.waiting_for_room == 0  # the third call found room: it is running
+    gate.set()
+    await h.wait_done()
     assert len(h.worker.calls) == 3
     assert [c.new for c in h.worker.calls] == [True, True, True]  # no chunk yet
     told = h.workers_busy_at

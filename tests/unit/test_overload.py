@@ -48,6 +48,15 @@ def test_busy_workers_refuse_new_chats_until_retry_after_has_passed() -> None:
     assert a.refusal(in_hand=0, lag_s=0.0, now=102.0) is None
 
 
+def test_answers_waiting_for_a_worker_refuse_new_chats_past_the_window() -> None:
+    a = admission()
+    a.workers_busy(now=100.0)
+    refusal = a.refusal(in_hand=1, lag_s=0.0, now=200.0, waiting=1)
+    assert refusal is not None
+    assert (refusal.reason, refusal.retry_after) == (WORKERS_BUSY, 2.0)
+    assert a.refusal(in_hand=1, lag_s=0.0, now=200.0, waiting=0) is None
+
+
 def test_a_later_busy_report_extends_the_window_and_an_earlier_one_does_not_shorten_it() -> None:
     a = admission()
     a.workers_busy(now=100.0)
