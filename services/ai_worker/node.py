@@ -55,7 +55,7 @@ class Worker:
             else None
         )
         """The flush interval of all this worker's answers (adaptive batching)."""
-        self.lag = LoopLag()
+        self.lag = LoopLag(on_sample=lambda value: self.admission.observe(value, len(self.running)))
         metrics.loop_lag.set_function(lambda: self.lag.value)
         self.admission = Admission(
             settings.worker_max_answers,

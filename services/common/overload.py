@@ -8,7 +8,11 @@ against three signals and refuse the rest up front, before anything is written:
   still starting (`max_starting`: accepted, not a chunk yet), so that a burst of
   chats is let in a slice at a time rather than all at once, each slice served fast;
 - its event loop's lag, smoothed (`LoopLag`): how late a 100 ms timer fires, which
-  is how late every chunk on the node is;
+  is how late every chunk on the node is. The lag also moves the node's own limit of
+  answers in hand (`Admission.observe`, additive increase, multiplicative decrease):
+  while the loop lags the limit drops below what the node holds, so new answers wait
+  until enough have finished; while it keeps up the limit climbs back towards
+  `max_answers`. The node settles near the most answers it serves at pace;
 - on a gateway, the workers' own refusals: a worker that is full answers 429, and
   the gateway then refuses new chats while any answer it accepted still waits for a
   worker (and for `retry_after` after the last refusal), rather than accepting
@@ -32,16 +36,25 @@ from dataclasses import dataclass
 LAG_SAMPLE_S = 0.1
 #: Weight of the newest sample in the smoothed lag (about the last second counts).
 LAG_ALPHA = 0.2
+#: The adaptive limit of answers in hand never goes below this.
+MIN_LIMIT = 10
 
 
 class LoopLag:
     """The event loop's lag, an exponentially weighted mean of how late a timer fires."""
 
-    def __init__(self, interval: float = LAG_SAMPLE_S, alpha: float = LAG_ALPHA) -> None:
+    def __init__(
+        self,
+        interval: float = LAG_SAMPLE_S,
+        alpha: float = LAG_ALPHA,
+        on_sample: Callable[[float], None] | None = None,
+    ) -> None:
         self.interval = interval
         self.alpha = alpha
         self.value = 0.0
         """Smoothed lag in seconds."""
+        self.on_sample = on_sample
+        """Told the smoothed lag after every sample."""
 
     def sample(self, late_s: float) -> float:
         self.value += self.alpha * (max(0.0, late_s) - self.value)
@@ -51,7 +64,9 @@ class LoopLag:
         while True:
             start = time.monotonic()
             await asyncio.sleep(self.interval)
-            self.sample(time.monotonic() - start - self.interval)
+            value = self.sample(time.monotonic() - start - self.interval)
+            if self.on_sample is not None:
+                self.on_sample(value)
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ class Admission:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.max_answers = max_answers
+        self.limit = max_answers
+        """The answers in hand admitted now: `max_answers`, lowered while the loop lags."""
         self.max_starting = max_starting if max_starting is not None else max_answers
         self.max_lag_s = max_lag_s
         self.retry_after = retry_after
@@ -97,6 +114,16 @@ class Admission:
         self._busy_until = 0.0
         self.admitting = 0
         """Chats admitted whose answer is not counted by the caller yet (see `slot`)."""
+
+    def observe(self, lag_s: float, in_hand: int) -> int:
+        """Move the limit by the loop's lag: below 90% of what the node holds while it
+        lags past `max_lag_s` (never under MIN_LIMIT), else up by 5% (at least one)
+        once the node holds about as many as the limit allows."""
+        if lag_s > self.max_lag_s:
+            self.limit = max(MIN_LIMIT, min(self.limit, int(in_hand * 0.9)))
+        elif in_hand >= self.limit - 1:
+            self.limit = min(self.max_answers, self.limit + max(1, self.limit // 20))
+        return self.limit
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -118,7 +145,7 @@ class Admission:
     ) -> Refusal | None:
         """None to admit; else why not and when to try again. Retry times are spread
         over 0.5-1.5x so refused clients do not all come back in the same instant."""
-        if in_hand + self.admitting >= self.max_answers:
+        if in_hand + self.admitting >= self.limit:
             reason, wait = AT_CAPACITY, self.retry_after
         elif starting + self.admitting >= self.max_starting:
             reason, wait = STARTING, self.retry_after

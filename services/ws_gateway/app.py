@@ -66,14 +66,15 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             store = MessageStore.from_settings(redis, settings)
             sessions = SessionStore.from_settings(redis, settings)
             hub = Hub()
-            lag = LoopLag()
-            metrics.loop_lag.set_function(lambda: lag.value)
             admission = Admission(
                 settings.gateway_max_answers,
                 settings.overload_lag_ms / 1000,
                 settings.overload_retry_after,
                 max_starting=settings.gateway_max_starting,
             )
+            lag = LoopLag(on_sample=lambda value: admission.observe(value, driver.driving))
+            metrics.loop_lag.set_function(lambda: lag.value)
+            metrics.answer_limit.set_function(lambda: admission.limit)
             driver = Driver(
                 store,
                 WorkerClient(http, settings.worker_url, settings.stream_recovery_timeout),

@@ -51,6 +51,9 @@ class GatewayMetrics:
             "workers_busy", "Generate calls a full worker refused (the answer waits and retries)"
         )
         self.loop_lag = m.gauge("loop_lag_seconds", "The event loop's smoothed lag")
+        self.answer_limit = m.gauge(
+            "answer_limit", "Answers in hand admission allows now (lowered while the loop lags)"
+        )
         self.upstream_failures = m.counter(
             "upstream_unavailable", "Answers ended because no worker could finish them"
         )

@@ -11,6 +11,7 @@ from services.common.overload import (
     AT_CAPACITY,
     LAGGING,
     MESSAGES,
+    MIN_LIMIT,
     REASONS,
     STARTING,
     WORKERS_BUSY,
@@ -138,3 +139,41 @@ def test_a_chat_being_accepted_holds_a_slot_until_it_is_counted() -> None:
     with pytest.raises(RuntimeError), a.slot():
         raise RuntimeError("the accept failed")
     assert a.admitting == 0  # released on failure too
+
+
+def test_a_lagging_loop_lowers_the_limit_below_what_the_node_holds() -> None:
+    a = Admission(1000, 0.25, 2.0, jitter=lambda: 0.5)
+    assert a.observe(lag_s=0.3, in_hand=400) == 360
+    refusal = a.refusal(in_hand=380, lag_s=0.0, now=0.0)
+    assert refusal is not None and refusal.reason == AT_CAPACITY
+    assert a.refusal(in_hand=359, lag_s=0.0, now=0.0) is None
+    assert a.observe(lag_s=0.3, in_hand=5) == MIN_LIMIT  # never below the floor
+
+
+def test_a_prompt_loop_raises_the_limit_back_only_when_it_is_reached() -> None:
+    a = Admission(1000, 0.25, 2.0, jitter=lambda: 0.5)
+    a.observe(lag_s=0.3, in_hand=400)  # 360
+    assert a.observe(lag_s=0.0, in_hand=100) == 360  # far below: no reason to grow
+    assert a.observe(lag_s=0.0, in_hand=359) == 378  # at the limit: +5%
+    for _ in range(200):
+        a.observe(lag_s=0.0, in_hand=a.limit)
+    assert a.limit == 1000  # never past max_answers
+
+
+async def test_the_sampler_reports_every_sample() -> None:
+    seen: list[float] = []
+    three = asyncio.Event()
+
+    def record(value: float) -> None:
+        seen.append(value)
+        if len(seen) >= 3:
+            three.set()
+
+    lag = LoopLag(interval=0.001, on_sample=record)
+    task = asyncio.create_task(lag.run())
+    try:
+        await asyncio.wait_for(three.wait(), 5)
+        assert all(v >= 0 for v in seen)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
