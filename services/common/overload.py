@@ -47,7 +47,7 @@ class LoopLag:
         self,
         interval: float = LAG_SAMPLE_S,
         alpha: float = LAG_ALPHA,
-        on_sample: Callable[[float], None] | None = None,
+        on_sample: Callable[[float], object] | None = None,
     ) -> None:
         self.interval = interval
         self.alpha = alpha
