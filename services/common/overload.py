@@ -92,6 +92,20 @@ MESSAGES = {
 }
 
 
+class Slot:
+    """One chat's place in `Admission.admitting`; released once."""
+
+    __slots__ = ("_admission",)
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission.admitting -= 1
+            self._admission = None
+
+
 class Admission:
     """Whether a node takes one more answer now (pure: time and load are passed in)."""
 
@@ -120,21 +134,24 @@ class Admission:
         lags past `max_lag_s` (never under MIN_LIMIT), else up by 5% (at least one)
         once the node holds about as many as the limit allows."""
         if lag_s > self.max_lag_s:
-            self.limit = max(MIN_LIMIT, min(self.limit, int(in_hand * 0.9)))
+            floor = min(MIN_LIMIT, self.max_answers)
+            self.limit = max(floor, min(self.limit, int(in_hand * 0.9)))
         elif in_hand >= self.limit - 1:
             self.limit = min(self.max_answers, self.limit + max(1, self.limit // 20))
         return self.limit
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self) -> Iterator[Slot]:
         """Hold while an admitted chat is being accepted: it counts as an answer in hand
         and starting, so chats checked meanwhile (every await of the accept lets others
-        run) see it, and a burst cannot all pass the check before any is counted."""
+        run) see it, and a burst cannot all pass the check before any is counted.
+        `Slot.release` ends it early, once the caller counts the answer itself."""
+        slot = Slot(self)
         self.admitting += 1
         try:
-            yield
+            yield slot
         finally:
-            self.admitting -= 1
+            slot.release()
 
     def workers_busy(self, now: float) -> None:
         """A worker refused an answer for lack of room: refuse new ones for a while."""

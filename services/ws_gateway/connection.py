@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 from services.common.clock import now_ms
 from services.common.errors import StorageError
 from services.common.message_store import AcceptOutcome, SessionTaken, UserLimited
-from services.common.overload import MESSAGES
+from services.common.overload import MESSAGES, Slot
 from services.common.protocol import (
     AckFrame,
     CancelFrame,
@@ -237,12 +237,11 @@ class Connection:
                 client_msg_id=frame.client_msg_id,
                 retry_after=round(wait, 2),
             )
-        with ctx.admission.slot():
-            # Counted from the check until the hub follows the answer (during the
-            # notifier's publish, at the latest) and the driver holds it.
-            await self._accept(frame)
+        with ctx.admission.slot() as slot:
+            # Counted from the check until the driver holds the answer.
+            await self._accept(frame, slot)
 
-    async def _accept(self, frame: ChatFrame) -> None:
+    async def _accept(self, frame: ChatFrame, slot: Slot) -> None:
         ctx = self.ctx
         try:
             # Writes the message.accepted event (in the outbox) if the chat is new.
@@ -277,6 +276,7 @@ class Connection:
         # Driven before the other nodes are told: the publish is a round trip, and the
         # answer's first chunk need not wait for it.
         ctx.driver.drive(message_id, self.session_id)
+        slot.release()  # counted by the driver now, not twice
         await ctx.notifier.message_started(self.session_id, message_id)
 
     async def _resume(self, frame: ResumeFrame) -> None:

@@ -139,6 +139,11 @@ def test_a_chat_being_accepted_holds_a_slot_until_it_is_counted() -> None:
     with pytest.raises(RuntimeError), a.slot():
         raise RuntimeError("the accept failed")
     assert a.admitting == 0  # released on failure too
+    with a.slot() as slot:
+        slot.release()  # the caller counts the answer itself now
+        assert a.admitting == 0
+        slot.release()  # once only
+    assert a.admitting == 0
 
 
 def test_a_lagging_loop_lowers_the_limit_below_what_the_node_holds() -> None:
@@ -148,6 +153,8 @@ def test_a_lagging_loop_lowers_the_limit_below_what_the_node_holds() -> None:
     assert refusal is not None and refusal.reason == AT_CAPACITY
     assert a.refusal(in_hand=359, lag_s=0.0, now=0.0) is None
     assert a.observe(lag_s=0.3, in_hand=5) == MIN_LIMIT  # never below the floor
+    small = Admission(2, 0.25, 2.0)
+    assert small.observe(lag_s=0.3, in_hand=1) == 2  # nor above max_answers
 
 
 def test_a_prompt_loop_raises_the_limit_back_only_when_it_is_reached() -> None:
