@@ -44,7 +44,11 @@ class AnswerRecord:
     session: str
     message_id: str
     accepted_at: float
-    """Wall-clock time.monotonic() when the ack arrived."""
+    """time.monotonic() when the ack arrived."""
+    sent_at: float
+    """time.monotonic() when the chat was first sent. The server accepted it somewhere
+    between the two: an ack can come much later than the accept (the socket broke and
+    the chat was sent again, or it was refused for overload and retried)."""
     seqs: list[int] = field(default_factory=list)
     text: str = ""
     done: dict[str, Any] | None = None
@@ -189,9 +193,13 @@ def check(rec: ChaosRecord) -> Report:
     for a in rec.answers:
         present = a.message_id in accepted_by_message
         lost_state = a.not_found or (a.error_codes == ["state_lost"])
-        near_redis_kill = any(k - REDIS_MARGIN_S <= a.accepted_at <= k for k in redis_kills)
+        # The accept happened between the first send and the ack: an event is excused
+        # if that span meets the window in which a kill could lose it.
+        near_redis_kill = any(
+            a.sent_at <= k and a.accepted_at >= k - REDIS_MARGIN_S for k in redis_kills
+        )
         before_broker = (
-            last_broker_kill is not None and a.accepted_at < last_broker_kill + BROKER_MARGIN_S
+            last_broker_kill is not None and a.sent_at < last_broker_kill + BROKER_MARGIN_S
         )
         if before_broker:
             if present:

@@ -229,11 +229,12 @@ async def chatter(
             await client.reconnect()
             while not stop.is_set():
                 asked += 1
+                sent_at = time.monotonic()
                 try:
                     answer = await client.ask(f"Question {asked} from {user}", f"q{asked}")
                 except Restart:
                     break
-                rec = AnswerRecord(n, session, answer.message_id, time.monotonic())
+                rec = AnswerRecord(n, session, answer.message_id, time.monotonic(), sent_at)
                 records.append(rec)
                 client.watch(rec, answer)
                 try:
