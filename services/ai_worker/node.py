@@ -55,13 +55,13 @@ class Worker:
             else None
         )
         """The flush interval of all this worker's answers (adaptive batching)."""
-        self.lag = LoopLag(on_sample=lambda value: self.admission.observe(value, len(self.running)))
-        metrics.loop_lag.set_function(lambda: self.lag.value)
         self.admission = Admission(
             settings.worker_max_answers,
             settings.overload_lag_ms / 1000,
             settings.overload_retry_after,
         )
+        self.lag = LoopLag(on_sample=lambda value: self.admission.observe(value, len(self.running)))
+        metrics.loop_lag.set_function(lambda: self.lag.value)
 
     def ready_problem(self) -> str | None:
         return "draining" if self.draining else None

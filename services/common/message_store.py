@@ -268,7 +268,7 @@ class MessageStore:
     @storage_op
     async def history(self, session_id: str, limit: int) -> list[HistoryItem]:
         raw = await self._r.lrange(self._k.session_history(session_id), -limit, -1)
-        return [HistoryItem.model_validate_json(item) for item in raw]
+        return _history_items(raw)
 
     @storage_op
     async def session_streams(self, session_id: str) -> list[StreamInfo]:
@@ -321,9 +321,7 @@ class MessageStore:
             pipe.exists(self._k.message_cancel(message_id))
             pipe.lrange(self._k.session_history(session_id), -history_limit, -1)
             raw_entries, cancelled, raw_history = await pipe.execute()
-        entries = [decode_entry(eid, fields) for eid, fields in raw_entries]
-        history = [HistoryItem.model_validate_json(item) for item in raw_history]
-        return entries, bool(cancelled), history
+        return _entries(raw_entries), bool(cancelled), _history_items(raw_history)
 
     # --- both ---------------------------------------------------------------------------
 
@@ -379,7 +377,7 @@ class MessageStore:
             max="+",
             count=count,
         )
-        return [decode_entry(eid, fields) for eid, fields in raw]
+        return _entries(raw)
 
     async def finish(
         self,
@@ -504,3 +502,13 @@ _FORBIDDEN = "forbidden"
 
 def _pairs(fields: dict[str, str]) -> list[str]:
     return [x for kv in fields.items() for x in kv]
+
+
+def _entries(raw: list[tuple[str, Fields]]) -> list[ChunkEntry | DoneEntry]:
+    """A stream's XRANGE reply, decoded (ValueError on a malformed entry)."""
+    return [decode_entry(eid, fields) for eid, fields in raw]
+
+
+def _history_items(raw: list[str]) -> list[HistoryItem]:
+    """A session history's LRANGE reply, decoded."""
+    return [HistoryItem.model_validate_json(item) for item in raw]

@@ -146,9 +146,9 @@ class LuaScript:
         sig = self.signature
         # Compared as key views (no set built per call: this runs for every chunk).
         if keys.keys() != self._key_names:
-            _same_names(self.name, "keys", sig.keys, keys)
+            raise _mismatch(self.name, "keys", self._key_names, keys)
         if args.keys() != self._arg_names:
-            _same_names(self.name, "args", sig.args, args)
+            raise _mismatch(self.name, "args", self._arg_names, args)
         if rest and sig.rest is None:
             raise ScriptSignatureError(f"{self.name}.lua takes no extra args")
         return [keys[n] for n in sig.keys], [args[n] for n in sig.args] + list(rest)
@@ -243,11 +243,12 @@ class CoalescedScript:
             return list(await pipe.execute(raise_on_error=False))
 
 
-def _same_names(script: str, what: str, expected: tuple[str, ...], got: Mapping[str, Any]) -> None:
-    if set(got) != set(expected):
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        raise ScriptSignatureError(f"{script}.lua {what}: missing {missing}, unexpected {extra}")
+def _mismatch(
+    script: str, what: str, expected: frozenset[str], got: Mapping[str, Any]
+) -> ScriptSignatureError:
+    missing = sorted(expected - set(got))
+    extra = sorted(set(got) - expected)
+    return ScriptSignatureError(f"{script}.lua {what}: missing {missing}, unexpected {extra}")
 
 
 ACCEPT_CHAT = LuaScript("accept_chat")

@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     """Answers one gateway lets start at once (accepted, no chunk yet); past it new chats
     get `busy` + `retry_after`, so a burst is let in a slice at a time."""
     worker_max_answers: int = Field(default=1_000, gt=0)
-    """Answers one worker generates at once; past it the worker refuses new ones (429)
-    and the gateways refuse new chats for OVERLOAD_RETRY_AFTER."""
+    """Answers one worker generates at once; past it the worker refuses new ones (429),
+    and a gateway refuses new chats while an answer it accepted waits for a worker (and
+    for OVERLOAD_RETRY_AFTER after the last 429)."""
     overload_lag_ms: float = Field(default=250.0, gt=0)
     """A node whose event loop runs this late (smoothed over about a second) takes no new
     answer: its admitted answers keep their pace instead of all slowing down."""
