@@ -121,3 +121,22 @@ async def test_build_provider_uses_settings() -> None:
     tokens, _ = await run(provider, "hello")
     assert tokens == answer_tokens("hello", 3, 10, 12)
     await provider.aclose()
+
+
+def test_an_echo_prompt_is_answered_with_its_text_verbatim() -> None:
+    payload = 'Look: <img src=x onerror="alert(1)">\n\n## title\n  indented'
+    tokens = answer_tokens("echo " + payload, seed=1, min_tokens=60, max_tokens=300)
+    assert "".join(tokens) == payload
+    assert len(tokens) == len(payload.split())  # one token per word, as a model streams
+    assert "".join(answer_tokens("echo ", 1, 5, 9)) != ""  # nothing to echo: a normal answer
+
+
+def test_a_prompt_asking_for_markdown_gets_markdown() -> None:
+    text = "".join(answer_tokens("Show me a Markdown overview", seed=3, min_tokens=5, max_tokens=9))
+    assert text.startswith("## ")
+    assert text.count("\n- **") == 3
+    assert "\n```python\ndef answer(n):\n" in text and text.count("```") == 2
+    assert "| name | value |\n|---|---|\n" in text
+    # Deterministic, so a takeover continues the same document.
+    assert text == "".join(answer_tokens("Show me a Markdown overview", 3, 5, 9))
+    assert "## " not in "".join(answer_tokens("no marks here", 3, 5, 9))

@@ -75,8 +75,41 @@ _NOT_TOPIC = frozenset(
 )
 
 
+#: Prompts that start with this get their own text back, verbatim (tests of what a
+#: client does with a given model output: Markdown, HTML, an XSS payload).
+ECHO_PREFIX = "echo "
+_MARKDOWN_ASKED = re.compile(r"\bmarkdown\b", re.IGNORECASE)
+_TEXT_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def text_tokens(text: str) -> list[str]:
+    """`text` as tokens that join back to it exactly: each word with the whitespace
+    before it (newlines included)."""
+    return _TEXT_TOKEN.findall(text)
+
+
+def markdown_answer(rng: random.Random, topic: tuple[str, ...]) -> str:
+    """An answer that uses the Markdown people see from real models: a heading,
+    emphasis, a list, a fenced code block and a table."""
+
+    def sentence() -> str:
+        return "".join(_sentence(rng, rng.randint(_MIN_SENTENCE, _MAX_SENTENCE), topic, True))
+
+    items = "".join(f"- **{rng.choice(_WORDS['noun'])}**: {sentence()}\n" for _ in range(3))
+    rows = "".join(f"| {rng.choice(_WORDS['noun'])} | {rng.randint(1, 99)} |\n" for _ in range(3))
+    return (
+        f"## {sentence().rstrip('.!?')}\n\n{sentence()} *{sentence()}*\n\n{items}\n"
+        f"```python\ndef answer(n):\n    return n * {rng.randint(2, 9)}  # {sentence()}\n```\n\n"
+        f"| name | value |\n|---|---|\n{rows}\n{sentence()}"
+    )
+
+
 def answer_tokens(prompt: str, seed: int, min_tokens: int, max_tokens: int) -> list[str]:
     """The full deterministic answer to `prompt` as a list of tokens.
+
+    A prompt starting with ECHO_PREFIX is answered with the rest of it, verbatim; one
+    that mentions "markdown" with a Markdown document (`markdown_answer`). Both ignore
+    the token limits.
 
     A token is a word with its leading space (none before the very first word) or a
     punctuation mark. The length is uniform in [min_tokens, max_tokens].
@@ -85,11 +118,15 @@ def answer_tokens(prompt: str, seed: int, min_tokens: int, max_tokens: int) -> l
     # must produce the same answer.
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
-    low = max(1, min_tokens)
-    total = rng.randint(low, max(low, max_tokens))
     # Words from the prompt come back now and then, so answers differ by topic.
     found = (w.lower() for w in _PROMPT_WORD.findall(prompt))
     topic = tuple(dict.fromkeys(w for w in found if w not in _NOT_TOPIC))
+    if prompt.startswith(ECHO_PREFIX) and prompt != ECHO_PREFIX:
+        return text_tokens(prompt.removeprefix(ECHO_PREFIX))
+    if _MARKDOWN_ASKED.search(prompt):
+        return text_tokens(markdown_answer(rng, topic))
+    low = max(1, min_tokens)
+    total = rng.randint(low, max(low, max_tokens))
 
     tokens: list[str] = []
     remaining = total
