@@ -1,14 +1,19 @@
 """`python -m deploy {up,stop,status,logs}`; GATEWAYS, WORKERS, STICKY, PUBLIC_BIND from
 the environment. `python -m deploy token USER [--ttl S]` prints a client token.
 `rolling-restart` and `scale --gateways N --workers M` change a running cluster without
-failing a client."""
+failing a client. `up` first builds the browser app if its sources changed
+(FRONTEND_BUILD=0 skips that) and writes its runtime settings (FRONTEND_WS_URL,
+FRONTEND_API_BASE)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from deploy import frontend
 from deploy.cluster import Cluster, ClusterSpec, DeployError
+from deploy.frontend import FrontendError
 from deploy.prereqs import PrereqError
 from deploy.tokens import DEFAULT_TTL, mint, resolve_secret
 
@@ -57,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             spec = ClusterSpec.load(spec.run_dir) or spec
         cluster = Cluster(spec)
         if args.command == "up":
+            # FRONTEND_BUILD=0 skips the app's build (nginx then serves a placeholder).
+            if os.environ.get("FRONTEND_BUILD", "1") != "0":
+                frontend.ensure_built()
+            frontend.write_config(spec.run_dir)
             cluster.up()
             return 0
         if args.command == "stop":
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cluster.follow_logs()
         return 0
-    except (DeployError, PrereqError, ValueError) as exc:
+    except (DeployError, PrereqError, FrontendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

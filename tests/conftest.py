@@ -171,3 +171,12 @@ def cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartC
 def cluster(cluster_factory: StartCluster) -> ClusterHandle:
     """The session's 3-gateway, 3-worker cluster."""
     return cluster_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item (`item.rep_call`), so a fixture's
+    teardown can tell that its test failed (the browser tests save a screenshot)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
