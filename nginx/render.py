@@ -10,8 +10,8 @@ stdout/stderr). `python -m nginx.render compose` regenerates compose/nginx.conf;
 from __future__ import annotations
 
 import argparse
-import html
 import ipaddress
+import json
 import re
 import resource
 import shutil
@@ -26,6 +26,8 @@ from typing import Any
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 CHECKOUT = Path(__file__).resolve().parents[1]
 COMPOSE_CONF = CHECKOUT / "compose" / "nginx.conf"
+FRONTEND_DIST = CHECKOUT / "frontend" / "dist"
+"""The browser app as `npm run build` writes it (deploy.frontend builds it)."""
 STICKY_METHODS = {"ip_hash": "ip_hash;", "consistent": "hash $remote_addr consistent;"}
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -55,6 +57,9 @@ class NginxLayout:
     status_listen: str
     frontend_listen: str
     frontend_root: str
+    """The built app (frontend/dist)."""
+    frontend_config_root: str
+    """Where the app's runtime `config.json` is, if the deploy wrote one."""
     sticky: str = "ip_hash"
     run_dir: Path | None = None
     user: str | None = None
@@ -67,6 +72,8 @@ class NginxLayout:
     """New requests (WebSocket handshakes, REST calls) one client address may make..."""
     handshake_burst: int = 100
     """...with this many at once above the rate (a reconnect after a restart)."""
+    status_root: str = str(CHECKOUT / "status")
+    """The status dashboard's static files (status/ in the checkout)."""
 
 
 def local_layout(
@@ -105,7 +112,8 @@ def local_layout(
         internal_listen=f"127.0.0.1:{internal_port}",
         status_listen=listen_address(public_bind, status_port),
         frontend_listen=listen_address(public_bind, frontend_port),
-        frontend_root=str(CHECKOUT / "frontend"),
+        frontend_root=str(FRONTEND_DIST),
+        frontend_config_root=str(run_dir / "frontend"),
         sticky=sticky,
         run_dir=run_dir,
         user=user,
@@ -144,8 +152,10 @@ def compose_layout(gateways: int = 3, workers: int = 3, sticky: str = "ip_hash")
         status_listen="8090",
         frontend_listen="3000",
         frontend_root="/usr/share/nginx/html/frontend",
+        frontend_config_root="/etc/nginx/frontend",
         sticky=sticky,
         mode="compose",
+        status_root="/usr/share/nginx/html/status",
     )
 
 
@@ -174,43 +184,47 @@ def _servers(nodes: Sequence[Node], failures: str) -> str:
     )
 
 
-def _status_page(layout: NginxLayout) -> str:
-    """A static page; its script fills in each node's health from /node/<name>/health.
+def _cluster_json(layout: NginxLayout) -> str:
+    """`/cluster.json` of the status page (status/): the nodes it scrapes and how
+    sockets are routed. Its script knows the cluster only from this.
 
     It ends up inside a single-quoted nginx string, so it must contain no `'`,
     `$` (nginx variables) or backslash.
     """
-    rows = "".join(
-        f'<tr><td>{html.escape(n.name)}</td><td><a href="/node/{n.name}/health">/health</a></td>'
-        f'<td class="s" data-node="{n.name}">…</td></tr>'
-        for n in [*layout.gateways, *layout.workers]
-    )
-    script = (
-        'document.querySelectorAll("td.s").forEach(function (td) {'
-        'fetch("/node/" + td.dataset.node + "/health")'
-        ".then(function (r) { return r.json(); })"
-        '.then(function (b) { td.textContent = b.status + " pid " + b.pid; })'
-        '.catch(function () { td.textContent = "down"; }); });'
-    )
-    page = (
-        "<!doctype html><meta charset=utf-8><title>cluster status</title>"
-        f"<h1>cluster status</h1><p>{len(layout.gateways)} gateways, "
-        f"{len(layout.workers)} workers, sticky {html.escape(layout.sticky)}. "
-        '<a href="/nginx-status">nginx-status</a></p>'
-        f"<table><tr><th>node</th><th>link</th><th>status</th></tr>{rows}</table>"
-        f"<script>{script}</script>"
-    )
-    assert not set(page) & {"'", "$", "\\"}, "status page would break the nginx string"
-    return page
+
+    def nodes(kind: str, nodes: Sequence[Node]) -> list[dict[str, object]]:
+        return [{"name": n.name, "kind": kind, "down": n.down} for n in nodes]
+
+    cluster = {
+        "mode": layout.mode,
+        "sticky": layout.sticky,
+        "gateways": nodes("gateway", layout.gateways),
+        "workers": nodes("worker", layout.workers),
+    }
+    text = json.dumps(cluster, separators=(",", ":"))
+    assert not set(text) & {"'", "$", "\\"}, "cluster.json would break the nginx string"
+    return text
+
+
+#: Who may read a node's /metrics and the dependency probe through the status listener.
+LOOPBACK_ONLY = "allow 127.0.0.0/8;\n            allow ::1;\n            deny all;\n            "
 
 
 def _node_locations(layout: NginxLayout) -> str:
-    return "\n".join(
-        f"        location = /node/{n.name}/health {{\n"
-        f"            proxy_pass http://{n.address}/health;\n"
-        "        }"
-        for n in [*layout.gateways, *layout.workers]
-    )
+    """Each node's /health (open, as before) and /metrics (loopback only); each gateway's
+    Redis and Kafka probe, /status/deps, as /node/<gateway>/deps (loopback only)."""
+    blocks: list[str] = []
+    for n in [*layout.gateways, *layout.workers]:
+        paths = [("health", "/health", ""), ("metrics", "/metrics", LOOPBACK_ONLY)]
+        if n in layout.gateways:
+            paths.append(("deps", "/status/deps", LOOPBACK_ONLY))
+        blocks.extend(
+            f"        location = /node/{n.name}/{name} {{\n"
+            f"            {access}proxy_pass http://{n.address}{target};\n"
+            "        }"
+            for name, target, access in paths
+        )
+    return "\n".join(blocks)
 
 
 def _values(layout: NginxLayout) -> dict[str, str]:
@@ -246,7 +260,9 @@ def _values(layout: NginxLayout) -> dict[str, str]:
         "status_listen": layout.status_listen,
         "frontend_listen": layout.frontend_listen,
         "frontend_root": _quote(layout.frontend_root),
-        "status_page": _status_page(layout),
+        "frontend_config_root": _quote(layout.frontend_config_root),
+        "status_root": _quote(layout.status_root),
+        "cluster_json": _cluster_json(layout),
         "node_locations": _node_locations(layout),
         "conn_per_ip": str(layout.conn_per_ip),
         "handshakes_per_ip": layout.handshakes_per_ip,

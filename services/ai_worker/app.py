@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 
 from services.ai_worker.aftercare import Aftercare
 from services.ai_worker.metrics import WorkerMetrics
@@ -22,6 +21,7 @@ from services.common.kafka import EventDrainer
 from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
+from services.common.metrics import node_registry
 from services.common.ops import NodeHealth, ops_router
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
@@ -31,7 +31,7 @@ from services.common.tasks import TaskSupervisor, watch_shutdown
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.node_id, "ai_worker", settings.log_level)
-    registry = CollectorRegistry()
+    registry = node_registry()
     metrics = WorkerMetrics(registry)
 
     @asynccontextmanager

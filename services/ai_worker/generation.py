@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from services.ai_worker.aftercare import FinishedAnswer
@@ -100,6 +101,10 @@ class Generation:
         again identically if Redis loses them."""
         self.finished: FinishedAnswer | None = None
         """What this generation wrote, once it wrote the final record (for aftercare)."""
+        self._started = time.monotonic()
+        """When the generation was asked for (its task starts at once)."""
+        self._timed = False
+        """The answer starts here (no cached chunk): its latencies are observed."""
 
     async def run(self) -> None:
         message_id_var.set(self.message_id)
@@ -155,6 +160,7 @@ class Generation:
         if last_seq:
             self._metrics.takeovers.inc()
             log.info("continuing after cached seq", extra={"detail": last_seq})
+        self._timed = last_seq == 0
         self.progress.update(last_seq=last_seq)
         reason, usage = FinishReason.STOP, Usage(completion_tokens=meta.completion_tokens)
         if cancelled:
@@ -198,6 +204,9 @@ class Generation:
                     last_seq += 1
                     text += item
                     self._metrics.chunks.inc()
+                    self._metrics.tokens.inc(chunk_tokens(item))
+                    if self._timed and last_seq == 1:
+                        self._metrics.time_to_first_token.observe(time.monotonic() - self._started)
                     self.progress.update(last_seq=last_seq)
             finally:
                 await events.aclose()
@@ -222,6 +231,8 @@ class Generation:
                 self.message_id, meta.session_id, text, final, dict(self._written), event_id
             )
             self._metrics.finished.labels(reason.value).inc()
+            if self._timed:
+                self._metrics.answer_duration.observe(time.monotonic() - self._started)
         log.info("answer finished", extra={"detail": f"{reason.value} seq={last_seq} {finished}"})
         self.progress.update(last_seq=last_seq, outcome=Outcome.DONE)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from services.common.metrics import MetricsFactory
+from services.common.metrics import LATENCY_BUCKETS, MetricsFactory
 from services.common.overload import REASONS
 from services.common.protocol import FinishReason
 
@@ -14,6 +14,19 @@ class WorkerMetrics:
         m = MetricsFactory(registry, "worker")
         self.in_flight = m.gauge("generations_in_flight", "Answers being generated")
         self.chunks = m.counter("chunks_written", "Chunks appended")
+        self.tokens = m.counter(
+            "tokens_written", "Tokens appended (estimated from each chunk's text)"
+        )
+        self.time_to_first_token = m.histogram(
+            "time_to_first_token_seconds",
+            "From a new answer's generation start to its first chunk written",
+            LATENCY_BUCKETS,
+        )
+        self.answer_duration = m.histogram(
+            "answer_duration_seconds",
+            "From a new answer's generation start to its final record written",
+            LATENCY_BUCKETS,
+        )
         self.finished = m.counter(
             "answers_finished", "Answers finished", "finish_reason", [r.value for r in FinishReason]
         )

@@ -1,10 +1,11 @@
 """The gateway's app factory: the lifespan builds the node and yields it as state.
 
 Routes: `/ws/chat` (endpoint.py, served beside FastAPI's stack, see `ChatFastPath`),
-the REST surface under `/api/` (rest.py) and the ops routes. The node's long-lived
-loops (relay reader, stall watcher, notifier, state audit, admission's loop-lag
-sampler, and the event drainer unless KAFKA_ENABLED=false) run under a
-`TaskSupervisor`, so one that dies is restarted and `/ready` says so.
+the REST surface under `/api/` (rest.py), the ops routes, and `/status/deps` (deps.py)
+for the status page. The node's long-lived loops (relay reader, stall watcher,
+notifier, state audit, admission's loop-lag sampler, and the event drainer unless
+KAFKA_ENABLED=false) run under a `TaskSupervisor`, so one that dies is restarted and
+`/ready` says so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from functools import partial
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
 
 from services.common.errors import StorageError
 from services.common.event_outbox import EventOutbox
@@ -24,6 +24,7 @@ from services.common.kafka import EventDrainer
 from services.common.keys import Keys
 from services.common.logging import configure_logging
 from services.common.message_store import MessageStore
+from services.common.metrics import node_registry
 from services.common.ops import NodeHealth, ops_router
 from services.common.overload import Admission, LoopLag
 from services.common.redis_client import redis_from_settings
@@ -31,6 +32,7 @@ from services.common.settings import Settings
 from services.common.tasks import TaskSupervisor, watch_shutdown
 from services.ws_gateway.audit import StateAudit
 from services.ws_gateway.context import NodeContext
+from services.ws_gateway.deps import DepsProbe, deps_router
 from services.ws_gateway.driver import Driver, WorkerClient
 from services.ws_gateway.endpoint import ChatFastPath
 from services.ws_gateway.hub import Hub
@@ -44,7 +46,7 @@ from services.ws_gateway.sessions import SessionStore
 def create_app(settings: Settings | None = None) -> ChatFastPath:
     settings = settings or Settings()
     configure_logging(settings.node_id, "ws_gateway", settings.log_level)
-    registry = CollectorRegistry()
+    registry = node_registry()
     metrics = GatewayMetrics(registry)
 
     @asynccontextmanager
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             lag = LoopLag(on_sample=lambda value: admission.observe(value, driver.driving))
             metrics.loop_lag.set_function(lambda: lag.value)
             metrics.answer_limit.set_function(lambda: admission.limit)
+            metrics.answers_streaming.set_function(lambda: hub.streams)
             driver = Driver(
                 store,
                 WorkerClient(http, settings.worker_url, settings.stream_recovery_timeout),
@@ -84,6 +87,7 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                 on_workers_busy=admission.workers_busy,
             )
             stack.push_async_callback(driver.close)
+            metrics.answers_driving.set_function(lambda: driver.driving)
             audit = StateAudit(hub, store, grace_s=audit_grace(settings))
             relay = Relay(
                 redis,
@@ -110,18 +114,22 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             loops.start("notifier", notifier.run)
             loops.start("state-audit", audit.run)
             loops.start("loop-lag", lag.run)
+            deps = DepsProbe(redis, settings.kafka_bootstrap_servers, None, None)
             if settings.kafka_enabled:
-                drainer = EventDrainer(EventOutbox(redis, keys), settings, registry)
+                outbox = EventOutbox(redis, keys)
+                drainer = EventDrainer(outbox, settings, registry)
                 loops.start("event-drainer", drainer.run)
+                deps = DepsProbe(redis, settings.kafka_bootstrap_servers, drainer, outbox)
             ctx = NodeContext(
                 settings, store, sessions, hub, relay, driver, notifier, metrics, admission, lag
             )
             stack.push_async_callback(watch_shutdown, settings.shutdown_timeout / 2)
-            yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem])}
+            yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem]), "deps": deps}
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")
     app.add_exception_handler(StorageError, storage_unavailable)
     app.include_router(rest_router())
+    app.include_router(deps_router())
     app.include_router(
         ops_router(service="ws_gateway", node_id=settings.node_id, registry=registry)
     )

@@ -43,6 +43,7 @@ from services.common.streams import StreamEntry
 from services.common.tasks import cancel_and_wait
 from services.ws_gateway.context import NodeContext
 from services.ws_gateway.follower import Follower, SeenMessages, Step
+from services.ws_gateway.metrics import AnswerTimer
 from services.ws_gateway.ratelimit import TokenBucket
 from services.ws_gateway.sender import Sender
 
@@ -54,6 +55,8 @@ SEEN_MAX = 256
 CLOSE_TIMEOUT_S = 10.0
 #: Entries per range read when a client catches up (resume, or a late follower).
 CATCH_UP_PAGE = 256
+#: Chats accepted on a connection and not yet followed by it (it follows each at once).
+ACCEPTED_MAX = 8
 
 
 class ClientError(Exception):
@@ -83,6 +86,8 @@ class Follow:
     follower: Follower
     task: asyncio.Task[None] | None = None
     """The catch-up in progress, if any."""
+    timer: AnswerTimer | None = None
+    """Set on the connection that sent the chat: its time to first chunk and duration."""
 
 
 class Connection:
@@ -106,6 +111,8 @@ class Connection:
         self._welcomed = False
         self._early: list[str] = []
         """Answers pushed before the welcome was queued; followed right after it."""
+        self._accepted: dict[str, float] = {}
+        """When each chat this connection sent was accepted, until it follows the answer."""
 
     # --- life ------------------------------------------------------------------------
 
@@ -270,6 +277,9 @@ class Connection:
         self.send(AckFrame(client_msg_id=frame.client_msg_id, message_id=message_id))
         if outcome == AcceptOutcome.DUPLICATE:
             return
+        self._accepted[message_id] = time.monotonic()
+        while len(self._accepted) > ACCEPTED_MAX:
+            del self._accepted[next(iter(self._accepted))]
         # Every connection of the session on this node follows from seq 1 at once;
         # the other nodes learn through the session channel.
         ctx.hub.message_started(self.session_id, message_id)
@@ -338,7 +348,9 @@ class Connection:
         if message_id in self._follows:
             return
         self._seen.add(message_id)
-        follow = Follow(Follower(message_id, after_seq))
+        accepted_at = self._accepted.pop(message_id, None)
+        timer = AnswerTimer(accepted_at) if accepted_at is not None else None
+        follow = Follow(Follower(message_id, after_seq), timer=timer)
         self._follows[message_id] = follow
         self.ctx.metrics.streams_relayed.inc()
         try:
@@ -384,6 +396,8 @@ class Connection:
                 for chunk in step.chunks:
                     if chunk.written_ms:
                         metrics.chunk_delay.observe(max(0.0, (now - chunk.written_ms) / 1000))
+        if follow.timer is not None:
+            follow.timer.observe(metrics, len(step.chunks), step.finished, time.monotonic())
         if step.finished:
             self._unfollow(follow.follower.message_id)
 

@@ -1,10 +1,13 @@
-"""The gateway's Prometheus metrics: the numbers that prove nothing is lost."""
+"""The gateway's Prometheus metrics: the numbers that prove nothing is lost, and how
+long clients wait (`AnswerTimer`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry
 
-from services.common.metrics import MetricsFactory
+from services.common.metrics import LATENCY_BUCKETS, MetricsFactory
 from services.common.overload import REASONS
 from services.common.protocol import ErrorCode
 
@@ -15,6 +18,22 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         m = MetricsFactory(registry, "gateway")
         self.connections = m.gauge("connections_open", "Open WebSocket connections")
+        self.answers_streaming = m.gauge(
+            "answers_streaming", "Answers this node relays to at least one connection"
+        )
+        self.answers_driving = m.gauge(
+            "answers_driving", "Answers whose generate call this node holds open"
+        )
+        self.time_to_first_chunk = m.histogram(
+            "time_to_first_chunk_seconds",
+            "From accepting a chat to queueing its first chunk for the client that sent it",
+            LATENCY_BUCKETS,
+        )
+        self.answer_duration = m.histogram(
+            "answer_duration_seconds",
+            "From accepting a chat to queueing its done for the client that sent it",
+            LATENCY_BUCKETS,
+        )
         self.streams_relayed = m.counter(
             "streams_relayed", "Message streams followed by a connection"
         )
@@ -57,3 +76,28 @@ class GatewayMetrics:
         self.upstream_failures = m.counter(
             "upstream_unavailable", "Answers ended because no worker could finish them"
         )
+
+
+@dataclass(slots=True)
+class AnswerTimer:
+    """A chat as the connection that sent it sees it: accepted at `accepted_at`, then
+    its first chunk and its end queued for the client (`time.monotonic()` seconds)."""
+
+    accepted_at: float
+    first_chunk_seen: bool = False
+
+    def step(self, chunks: int, finished: bool, now: float) -> tuple[float | None, float | None]:
+        """(time to the first chunk, if this step queues it; the answer's duration, if
+        this step ends it)."""
+        first: float | None = None
+        if chunks and not self.first_chunk_seen:
+            self.first_chunk_seen = True
+            first = now - self.accepted_at
+        return first, (now - self.accepted_at) if finished else None
+
+    def observe(self, metrics: GatewayMetrics, chunks: int, finished: bool, now: float) -> None:
+        first, duration = self.step(chunks, finished, now)
+        if first is not None:
+            metrics.time_to_first_chunk.observe(first)
+        if duration is not None:
+            metrics.answer_duration.observe(duration)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from services.ai_worker.metrics import WorkerMetrics
+from services.common.kafka import EventDrainer
+from services.common.metrics import node_registry
+from services.common.settings import Settings
+from services.ws_gateway.metrics import GatewayMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -110,7 +117,23 @@ def test_nginx_publishes_on_loopback_unless_public_bind_says_otherwise() -> None
 def test_nginx_mounts(services: dict[str, dict[str, Any]]) -> None:
     volumes = services["nginx"]["volumes"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in volumes
-    assert "../frontend:/usr/share/nginx/html/frontend:ro" in volumes
+    assert "frontend-dist:/usr/share/nginx/html/frontend:ro" in volumes
+
+
+def test_the_app_is_built_before_nginx_serves_it(services: dict[str, dict[str, Any]]) -> None:
+    """frontend-build runs `npm ci` and the build from the committed lockfile into the
+    volume nginx serves; it copies every file the build reads from a read-only mount."""
+    build = services["frontend-build"]
+    assert build["image"].startswith("node:20")
+    assert "../frontend:/src:ro" in build["volumes"]
+    assert "frontend-dist:/dist" in build["volumes"]
+    script = build["command"][-1]
+    assert "npm ci" in script and "npm run build -- --outDir /dist" in script
+    for name in ("package.json", "package-lock.json", "index.html", "tsconfig.json"):
+        assert name in script and (ROOT / "frontend" / name).exists(), name
+    assert "vite.config.ts" in script and (ROOT / "frontend" / "vite.config.ts").exists()
+    ready = services["nginx"]["depends_on"]["frontend-build"]
+    assert ready == {"condition": "service_completed_successfully"}
 
 
 def test_redis_requires_a_password(services: dict[str, dict[str, Any]]) -> None:
@@ -180,6 +203,7 @@ def test_env_file_sets_no_secret() -> None:
     env = _env_file()
     assert "REDIS_PASSWORD" not in env
     assert "JWT_SECRET" not in env
+    assert "GRAFANA_ADMIN_PASSWORD" not in env
     assert not [v for v in env.values() if "change-me" in v.lower()], env
     assert env["AUTH_DEV_MODE"] == "false"
 
@@ -189,7 +213,8 @@ def test_missing_secrets_are_refused() -> None:
     both secrets; given both, every value resolves and reaches the services."""
     with pytest.raises(ComposeError) as refused:
         _resolved({})
-    assert "JWT_SECRET" in str(refused.value) and "REDIS_PASSWORD" in str(refused.value)
+    for name in SECRETS:
+        assert name in str(refused.value), name
     for missing in SECRETS:
         with pytest.raises(ComposeError, match=missing):
             _resolved({k: v for k, v in SECRETS.items() if k != missing})
@@ -245,10 +270,130 @@ def test_every_variable_and_path_the_compose_file_names_exists() -> None:
         assert (COMPOSE_FILE.parent / src).resolve().exists(), f"missing mount source {src}"
 
 
+# --- monitoring: Prometheus and Grafana ------------------------------------------------
+
+PROMETHEUS_FILE = COMPOSE_DIR / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = COMPOSE_DIR / "grafana"
+DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "chat-cluster.json"
+#: A metric name of ours or of the process collectors, inside a PromQL or JS string.
+_METRIC = re.compile(r"\b(?:gateway|worker|kafka|process|python)_[a-z0-9_]+\b")
+
+
+def _defined_metric_names() -> set[str]:
+    """Every series name the gateway and worker registries export."""
+    registry = node_registry()
+    GatewayMetrics(registry)
+    WorkerMetrics(registry)
+    EventDrainer(None, Settings(), registry)  # type: ignore[arg-type]  # only its metrics
+    return {sample.name for metric in registry.collect() for sample in metric.samples}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> source of each bind mount (`./x:/y[:ro]`)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        found[target] = source
+    return found
+
+
+def _loopback_only(service: dict[str, Any]) -> None:
+    for port in service["ports"]:
+        assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_prometheus_scrapes_every_gateway_and_worker(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v2\.\d+\.\d+", prometheus["image"])
+    _loopback_only(prometheus)
+    config_mount = _mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    assert (COMPOSE_DIR / config_mount).resolve() == PROMETHEUS_FILE
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for static in job["static_configs"]:
+            targets += static["targets"]
+    assert sorted(targets) == sorted(f"{name}:8000" for name in _app_services(services))
+    for target in targets:
+        assert target.split(":")[0] in services, target
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:11\.\d+\.\d+", grafana["image"])
+    _loopback_only(grafana)
+    mounts = _mounts(grafana)
+    provisioning = (COMPOSE_DIR / mounts["/etc/grafana/provisioning"]).resolve()
+    assert provisioning == GRAFANA_DIR / "provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    host_port = datasource["url"].removeprefix("http://")
+    assert host_port.split(":")[0] in services and host_port.endswith(":9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "chat-cluster.yml").read_text())[
+        "providers"
+    ]
+    dashboards = (COMPOSE_DIR / mounts[provider["options"]["path"]]).resolve()
+    assert DASHBOARD_FILE.parent == dashboards
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD_FILE.name}"
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+
+
+def test_every_dashboard_panel_names_metrics_the_code_defines() -> None:
+    defined = _defined_metric_names()
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(_METRIC.findall(target["expr"]))
+            assert names, (panel["title"], target["expr"])
+            assert names <= defined, (panel["title"], names - defined)
+            used |= names
+    # The status page's numbers, with history.
+    for name in (
+        "gateway_connections_open",
+        "gateway_answers_streaming",
+        "gateway_chunks_sent_total",
+        "gateway_chunk_delay_seconds_bucket",
+        "worker_generations_in_flight",
+        "worker_tokens_written_total",
+        "gateway_time_to_first_chunk_seconds_bucket",
+        "worker_time_to_first_token_seconds_bucket",
+        "gateway_answer_duration_seconds_bucket",
+        "worker_answer_duration_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
+        assert name in used, name
+
+
+def test_the_status_page_reads_metrics_the_code_defines() -> None:
+    defined = _defined_metric_names()
+    script = (ROOT / "status" / "metrics.mjs").read_text()
+    names = set(_METRIC.findall(script))
+    # A histogram is named by its base; the page reads its _bucket series.
+    wanted = {name if name in defined else f"{name}_bucket" for name in names}
+    assert "gateway_chunk_delay_seconds_bucket" in wanted
+    assert wanted <= defined, wanted - defined
+
+
 # --- compose's variable interpolation, for the checks above ---------------------------
 
 #: Random-looking stand-ins for the secrets an operator sets.
-SECRETS = {"JWT_SECRET": "0123456789abcdef" * 4, "REDIS_PASSWORD": "p4ssw0rd-for-tests"}
+SECRETS = {
+    "JWT_SECRET": "0123456789abcdef" * 4,
+    "REDIS_PASSWORD": "p4ssw0rd-for-tests",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-for-tests",
+}
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
     r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"

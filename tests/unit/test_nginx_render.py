@@ -130,7 +130,8 @@ def test_status_and_frontend_servers(tmp_path: Path) -> None:
     assert "stub_status;" in _block(status, "location = /nginx-status")
     assert "proxy_pass http://127.0.0.1:9102/health;" in status
     frontend = _server(conf, "127.0.0.1:9300")
-    assert f'root "{Path(__file__).resolve().parents[2] / "frontend"}";' in frontend
+    dist = Path(__file__).resolve().parents[2] / "frontend" / "dist"
+    assert f'root "{dist}";' in frontend
 
 
 def test_local_paths_stay_in_the_run_dir(tmp_path: Path) -> None:
@@ -200,15 +201,55 @@ def test_public_listeners_bind_loopback_by_default(tmp_path: Path) -> None:
         _local(tmp_path, public_bind="example.com")
 
 
-def test_frontend_does_not_serve_its_tests(tmp_path: Path) -> None:
+def test_frontend_does_not_serve_dot_files(tmp_path: Path) -> None:
     frontend = _server(_local(tmp_path), "127.0.0.1:9300")
     (pattern,) = re.findall(r"location ~ (\S+) \{", frontend)
     assert "return 404;" in _block(frontend, f"location ~ {pattern}")
     nginx_regex = re.compile(pattern)
-    for path in ("/chat-core.test.mjs", "/x.test.js", "/.env", "/.git/config"):
+    for path in ("/.env", "/.git/config", "/assets/.hidden"):
         assert nginx_regex.search(path), path
-    for path in ("/app.js", "/chat-core.js", "/transcript.js", "/index.html", "/style.css"):
+    for path in ("/index.html", "/assets/index-3f2a.js", "/config.json"):
         assert not nginx_regex.search(path), path
+
+
+def test_the_app_reaches_the_gateways_through_its_own_origin(tmp_path: Path) -> None:
+    """/ws/ and /api/ on the frontend listener go to the same sticky gateway upstream as
+    on the public one, under the same per-address limits: no port in the app, no CORS."""
+    conf = _local(tmp_path, sticky="consistent")
+    frontend = _server(conf, "127.0.0.1:9300")
+    websocket = _block(frontend, "location /ws/")
+    for line in (
+        "proxy_pass http://ws_gateway;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_read_timeout 3600s;",
+    ):
+        assert line in websocket, line
+    assert "proxy_pass http://ws_gateway;" in _block(frontend, "location /api/")
+    assert "hash $remote_addr consistent;" in _block(conf, "upstream ws_gateway")
+    for line in ("limit_conn per_ip_conn 256;", "limit_req zone=per_ip_req burst=100 nodelay;"):
+        assert line in frontend
+    config = _block(frontend, "location = /config.json")
+    assert f'root "{tmp_path / "frontend"}";' in config
+    assert "try_files /config.json =404;" in config
+
+
+def test_the_app_is_served_with_security_and_cache_headers(tmp_path: Path) -> None:
+    conf = _local(tmp_path)
+    frontend = _server(conf, "127.0.0.1:9300")
+    (csp,) = re.findall(r'add_header Content-Security-Policy "([^"]+)" always;', frontend)
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'"  # no inline or foreign script
+    assert directives["img-src"] == "'self' data:"  # model output cannot load other hosts
+    assert directives["frame-ancestors"] == "'none'"
+    assert "add_header X-Content-Type-Options nosniff always;" in frontend
+    # A location's own add_header would drop the server's: only the 429 page has one.
+    locations = re.findall(r"\n        location ([^{]+)\{", frontend)
+    with_headers = [loc for loc in locations if "add_header" in _block(frontend, f"location {loc}")]
+    assert with_headers == ["@rate_limited "]
+    cache = _block(conf, "map $uri $frontend_cache")
+    assert '~^/assets/     "public, max-age=31536000, immutable";' in cache
+    assert 'default        "no-cache";' in cache
 
 
 def test_public_listener_limits_each_client_address(tmp_path: Path) -> None:

@@ -1320,3 +1320,36 @@ async def test_a_lease_an_append_took_back_is_renewed_again(store: FakeStore) ->
         )
     finally:
         await cancel_and_wait(task)
+
+
+def latency_counts(r: GenerationRun) -> tuple[float, float]:
+    """How many times-to-first-token and answer durations the worker observed."""
+    return (
+        sample(r.registry, "worker_time_to_first_token_seconds_count"),
+        sample(r.registry, "worker_answer_duration_seconds_count"),
+    )
+
+
+async def test_a_new_answer_observes_its_latencies_and_counts_its_tokens(
+    store: FakeStore,
+) -> None:
+    store.add()
+    r = await run(store, FakeProvider(["Hello", ",", " world", "!"]))
+    assert latency_counts(r) == (1, 1)
+    first = sample(r.registry, "worker_time_to_first_token_seconds_sum")
+    total = sample(r.registry, "worker_answer_duration_seconds_sum")
+    assert 0 <= first <= total < DEADLINE
+    assert r.counter("tokens_written") >= 4  # at least one a chunk
+
+
+async def test_a_takeover_or_a_failure_observes_no_latency(store: FakeStore) -> None:
+    store.add(deltas=("Hello", ","), completion_tokens=2)
+    taken_over = await run(store, FakeProvider([" world", "!"]))
+    assert latency_counts(taken_over) == (0, 0)
+    assert taken_over.counter("tokens_written") >= 2
+
+    failing = FakeStore(lease_ttl_ms=settings().lease_ttl_ms)
+    failing.add()
+    failed = await run(failing, FakeProvider(["a", "b"], fail_at=1))
+    assert failed.generation.progress.outcome == Outcome.FAILED
+    assert latency_counts(failed) == (1, 0)  # the first chunk came; the answer never ended
