@@ -37,17 +37,28 @@ rolling-restart: $(STAMP)
 scale: $(STAMP)
 	$(PY) -m deploy scale $(if $(GATEWAYS),--gateways $(GATEWAYS)) $(if $(WORKERS),--workers $(WORKERS))
 
-test: $(STAMP)
-	node --test frontend/
+# The browser app's packages, from its lockfile (again only when the lockfile changed).
+FRONTEND_DEPS := frontend/node_modules/.package-lock.json
+
+$(FRONTEND_DEPS): frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	@touch $@
+
+# The app's unit tests (vitest), the status page's (node --test), then pytest: unit,
+# integration and e2e, the browser tests among them (they build the app if needed).
+test: $(STAMP) $(FRONTEND_DEPS)
+	cd frontend && npm test
+	node --test status/
 	$(VENV)/bin/pytest
 
-lint: $(STAMP)
+lint: $(STAMP) $(FRONTEND_DEPS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy nginx
 	$(PY) -m nginx.render check
 	$(PY) -m nginx.render check --sticky consistent
+	cd frontend && npm run --silent typecheck
 
 # Issue 8: ours next to a bare uvicorn ceiling and a python-socketio peer, same load
 # generator; results in bench-results/<timestamp>/. BENCH_QUICK=1 for small sizes
