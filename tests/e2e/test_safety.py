@@ -138,9 +138,16 @@ def test_public_listeners_are_loopback_only(cluster: ClusterHandle) -> None:
             pass
 
 
-def test_frontend_does_not_serve_its_tests(cluster: ClusterHandle) -> None:
-    assert httpx.get(f"{cluster.frontend_url}/chat-core.js", timeout=5).status_code == 200
-    assert httpx.get(f"{cluster.frontend_url}/chat-core.test.mjs", timeout=5).status_code == 404
+def test_frontend_serves_no_source_package_or_test(cluster: ClusterHandle) -> None:
+    for path in (
+        "/src/core/client.ts",
+        "/src/core/client.test.ts",
+        "/package.json",
+        "/package-lock.json",
+        "/node_modules/react/package.json",
+        "/.gitignore",
+    ):
+        assert httpx.get(f"{cluster.frontend_url}{path}", timeout=5).status_code == 404, path
 
 
 async def test_deploy_generates_its_secret_and_mints_tokens(

@@ -201,9 +201,16 @@ def test_access_log_keeps_no_query_string(proxy: Proxy) -> None:
         assert secret not in (proxy.run_dir / "logs" / name).read_text(), name
 
 
-def test_frontend_serves_the_app_but_not_its_tests(proxy: Proxy) -> None:
-    assert httpx.get(f"{proxy.frontend}/chat-core.js", timeout=5).status_code == 200
-    assert httpx.get(f"{proxy.frontend}/chat-core.test.mjs", timeout=5).status_code == 404
+def test_frontend_serves_the_built_app_not_its_sources(proxy: Proxy) -> None:
+    """The root is frontend/dist: the page (or, before a build, a placeholder saying
+    so) and nothing of the sources, packages or tests beside it."""
+    page = httpx.get(f"{proxy.frontend}/", timeout=5)
+    assert page.status_code == 200 and "<title>" in page.text
+    for path in ("/src/core/client.ts", "/package.json", "/node_modules/react/package.json"):
+        assert httpx.get(f"{proxy.frontend}{path}", timeout=5).status_code == 404, path
+    # With no runtime settings written, config.json is an empty object: the app's origin.
+    config = httpx.get(f"{proxy.frontend}/config.json", timeout=5)
+    assert (config.status_code, config.json()) == (200, {})
 
 
 def test_stub_status(proxy: Proxy) -> None:

@@ -132,6 +132,8 @@ def test_the_app_is_built_before_nginx_serves_it(services: dict[str, dict[str, A
     for name in ("package.json", "package-lock.json", "index.html", "tsconfig.json"):
         assert name in script and (ROOT / "frontend" / name).exists(), name
     assert "vite.config.ts" in script and (ROOT / "frontend" / "vite.config.ts").exists()
+    for folder in ("src", "public"):
+        assert f" {folder} " in script and (ROOT / "frontend" / folder).is_dir(), folder
     ready = services["nginx"]["depends_on"]["frontend-build"]
     assert ready == {"condition": "service_completed_successfully"}
 

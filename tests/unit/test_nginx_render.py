@@ -231,7 +231,8 @@ def test_the_app_reaches_the_gateways_through_its_own_origin(tmp_path: Path) -> 
         assert line in frontend
     config = _block(frontend, "location = /config.json")
     assert f'root "{tmp_path / "frontend"}";' in config
-    assert "try_files /config.json =404;" in config
+    assert "try_files /config.json @no_config;" in config
+    assert "return 200 '{}';" in _block(frontend, "location @no_config")
 
 
 def test_the_app_is_served_with_security_and_cache_headers(tmp_path: Path) -> None:
