@@ -161,6 +161,18 @@ async def stored_history(cluster: Any, user: str, session: str) -> list[dict[str
     return reply.json()["messages"]  # type: ignore[no-any-return]
 
 
+async def switch_to(page: Any, session: str, turns: int = 2) -> str:
+    """Click the session in the list; once its history is shown, its text (each
+    message's whitespace collapsed, joined by a space)."""
+    await page.locator(f'[data-testid="session-item"][data-session-id="{session}"]').click()
+    await page.wait_for_function(
+        "([sid, n]) => { const s = window.__chat.snapshot();"
+        " return s.sessionId === sid && s.messages.length === n; }",
+        arg=[session, turns],
+    )
+    return bodies_text(await page.get_by_test_id("message-body").all_inner_texts())
+
+
 def user() -> str:
     return f"web-{uuid.uuid4().hex[:8]}"
 
@@ -288,24 +300,10 @@ async def test_switching_sessions_shows_each_ones_history(page: Any, cluster: An
     await wait_answer(page)
     items = page.get_by_test_id("session-item")
     assert await items.count() == 2
-    await page.locator(f'[data-testid="session-item"][data-session-id="{first}"]').click()
-    await page.wait_for_function(
-        "(sid) => { const s = window.__chat.snapshot(); return s.sessionId === sid"
-        " && s.messages.length === 2; }",
-        arg=first,
-    )
-    texts = await page.get_by_test_id("message-body").all_inner_texts()
-    assert bodies_text(texts) == "echo apples and pears apples and pears"
+    assert await switch_to(page, first) == "echo apples and pears apples and pears"
     active = page.locator('[data-testid="session-item"][data-active="true"]')
     assert await active.get_attribute("data-session-id") == first
-    await page.locator(f'[data-testid="session-item"][data-session-id="{second}"]').click()
-    await page.wait_for_function(
-        "(sid) => window.__chat.snapshot().sessionId === sid"
-        " && window.__chat.snapshot().messages.length === 2",
-        arg=second,
-    )
-    texts = await page.get_by_test_id("message-body").all_inner_texts()
-    assert bodies_text(texts) == "echo a second session a second session"
+    assert await switch_to(page, second) == "echo a second session a second session"
 
 
 async def test_script_in_model_output_is_shown_not_run(page: Any, cluster: Any) -> None:

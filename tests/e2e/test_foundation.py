@@ -101,8 +101,10 @@ def test_status_port(cluster: ClusterHandle) -> None:
     assert stub.status_code == 200
     assert "Active connections" in stub.text
     page = httpx.get(f"{cluster.status_url}/", timeout=5)
-    assert page.status_code == 200
-    assert all(name in page.text for name in cluster.gateway_names + cluster.worker_names)
+    assert page.status_code == 200 and "cluster status" in page.text
+    # The dashboard learns the nodes from /cluster.json (test_status_page.py has more).
+    layout = httpx.get(f"{cluster.status_url}/cluster.json", timeout=5).text
+    assert all(name in layout for name in cluster.gateway_names + cluster.worker_names)
     node = httpx.get(f"{cluster.status_url}/node/worker-2/health", timeout=5)
     assert node.json()["node_id"] == "worker-2"
 

@@ -13,7 +13,8 @@ from nginx.render import (
     compose_layout,
     render,
 )
-from tests.nginx_confs import local_conf
+from tests.nginx_confs import block as _block
+from tests.nginx_confs import local_conf, servers
 
 pytestmark = pytest.mark.unit
 
@@ -24,24 +25,10 @@ def _local(
     return local_conf(tmp_path, gateways, workers, sticky=sticky, **kw)
 
 
-def _block(conf: str, header: str) -> str:
-    """The text of the `{ ... }` block opened by the line containing `header`."""
-    start = conf.index(header)
-    depth = 0
-    for i in range(conf.index("{", start), len(conf)):
-        depth += {"{": 1, "}": -1}.get(conf[i], 0)
-        if depth == 0:
-            return conf[start : i + 1]
-    raise AssertionError(f"unbalanced block {header}")
-
-
 def _server(conf: str, listen: str) -> str:
     """The server block with `listen <listen>;`."""
-    for match in re.finditer(r"\n    server \{", conf):
-        block = _block(conf[match.start() :], "server {")
-        if f"listen {listen};" in block:
-            return block
-    raise AssertionError(f"no server listening on {listen}")
+    (server,) = [s for s in servers(conf) if f"listen {listen};" in s]
+    return server
 
 
 def test_committed_compose_config_is_a_fresh_render() -> None:

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from nginx.render import CHECKOUT, compose_layout, render
-from tests.nginx_confs import local_conf
+from tests.nginx_confs import block as _block
+from tests.nginx_confs import local_conf, servers
 
 pytestmark = pytest.mark.unit
 
@@ -19,23 +20,9 @@ STATUS_DIR = CHECKOUT / "status"
 LOOPBACK_ONLY = ["allow 127.0.0.0/8;", "allow ::1;", "deny all;"]
 
 
-def _block(conf: str, header: str) -> str:
-    """The `{ ... }` block opened by the line containing `header`."""
-    start = conf.index(header)
-    depth = 0
-    for i in range(conf.index("{", start), len(conf)):
-        depth += {"{": 1, "}": -1}.get(conf[i], 0)
-        if depth == 0:
-            return conf[start : i + 1]
-    raise AssertionError(f"unbalanced block {header}")
-
-
 def _status_server(conf: str) -> str:
-    for match in re.finditer(r"\n    server \{", conf):
-        block = _block(conf[match.start() :], "server {")
-        if "stub_status;" in block:
-            return block
-    raise AssertionError("no status server")
+    (status,) = [s for s in servers(conf) if "stub_status;" in s]
+    return status
 
 
 def _directives(block: str) -> list[str]:
