@@ -425,6 +425,11 @@ async def test_no_worker_shows_a_waiting_state_then_a_sentence(
         assert await page.get_by_test_id("send-button").is_disabled()  # empty composer
         await page.get_by_test_id("composer-input").fill("echo and now?")
         assert await page.get_by_test_id("send-button").is_enabled()
+        # From history (after a reload) the failed answer says it has no text, rather
+        # than showing an empty bubble.
+        await page.reload()
+        bubble = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
+        await bubble.get_by_test_id("message-notice").get_by_text("no text").wait_for()
     finally:
         strained_cluster.start_process(worker)
 

@@ -58,6 +58,8 @@ function onBodyClick(ev: MouseEvent<HTMLDivElement>): void {
   });
 }
 
+const EMPTY_ANSWER = "This answer has no text: it ended before the model wrote any.";
+
 const STATUS_LABEL: Partial<Record<ChatMessage["status"], string>> = {
   stopped: "stopped",
   error: "failed",
@@ -67,7 +69,11 @@ export const MessageView = memo(function MessageView({ message, now }: { message
   const { role, status } = message;
   const live = role === "assistant" && (status === "pending" || status === "streaming");
   const waiting = waitingText(message, now);
-  const notice = message.notice ? noticeText(message.notice, now) : waiting;
+  // An answer that ended without text (it failed, or was stopped before its first
+  // chunk; from history there is no error frame to say which) says so instead of
+  // showing an empty bubble.
+  const empty = role === "assistant" && !live && message.text === "" ? EMPTY_ANSWER : null;
+  const notice = message.notice ? noticeText(message.notice, now) : (waiting ?? empty);
   const noticeIsError = message.notice !== null && message.notice.retryAt == null && !message.notice.runningAnswer;
   const label = role === "user" && status === "pending" ? "sending…" : STATUS_LABEL[status];
   return (
