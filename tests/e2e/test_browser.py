@@ -466,3 +466,39 @@ async def test_the_status_dashboard_shows_every_node_live(browser: Any, cluster:
         assert errors == []
     finally:
         await context.close()
+
+
+# --- sign-in with real tokens -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_cluster(cluster_factory: Any) -> Any:
+    """Dev mode off: only signed tokens get in."""
+    return cluster_factory(gateways=1, workers=1, extra_env={"AUTH_DEV_MODE": "false"})
+
+
+async def test_without_dev_mode_the_app_asks_for_a_token_and_says_why_one_is_refused(
+    page: Any, token_cluster: Any
+) -> None:
+    from deploy.tokens import mint
+
+    await page.goto(token_cluster.frontend_url + "/")
+    token_field = page.get_by_test_id("login-token")
+    await token_field.wait_for()
+    assert await page.get_by_test_id("login-user").count() == 0  # no user picker
+    # A token signed with another secret: the server's reason reaches the user.
+    await token_field.fill(mint("f" * 64, "mallory"))
+    await page.get_by_test_id("login-submit").click()
+    error = page.get_by_test_id("login-error")
+    await error.wait_for(timeout=15_000)
+    assert "signature" in (await error.inner_text()).lower()
+    # A valid token signs the user in; the token is not in the address.
+    token = mint(token_cluster.jwt_secret, "carol")
+    await page.get_by_test_id("login-token").fill(token)
+    await page.get_by_test_id("login-submit").click()
+    await page.get_by_test_id("session-list").wait_for()
+    await new_session(page)
+    assert (await snapshot(page))["userId"] == "carol"
+    await send(page, "echo signed in")
+    assert (await wait_answer(page))["text"] == "signed in"
+    assert token not in page.url
