@@ -45,8 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loops = TaskSupervisor()
             stack.push_async_callback(loops.close)
             if settings.kafka_enabled:
-                outbox = EventOutbox(redis, Keys(settings.redis_key_prefix))
-                loops.start("event-drainer", EventDrainer(outbox, settings, registry).run)
+                outboxes = EventOutbox.every_bucket(redis, Keys.from_settings(settings))
+                loops.start("event-drainer", EventDrainer(outboxes, settings, registry).run)
             store = MessageStore.from_settings(redis, settings)
             worker = Worker(settings, store, metrics, http)
             loops.start("loop-lag", worker.lag.run)

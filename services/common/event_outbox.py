@@ -1,5 +1,5 @@
-"""The event outbox in Redis: one Stream (`Keys.events_outbox`) that every node drains
-to Kafka.
+"""The event outbox in Redis: one Stream per key bucket (`Keys.events_outbox`; one
+bucket unless in Redis Cluster) that every node drains to Kafka.
 
 Writing: a store whose script changes state (accept_chat, finish_message,
 session_open) passes the event that reports the change as `event_json`, with the
@@ -51,10 +51,11 @@ class OutboxWriter:
     node_id: str = ""
     max_len: int = 0
 
-    def script_keys(self) -> dict[str, str]:
+    def script_keys(self, bucket: int) -> dict[str, str]:
+        """The outbox keys of `bucket`: the bucket of the keys the script writes."""
         return {
-            "outbox": self.keys.events_outbox(),
-            "outbox_dropped": self.keys.events_outbox_dropped(),
+            "outbox": self.keys.events_outbox(bucket),
+            "outbox_dropped": self.keys.events_outbox_dropped(bucket),
         }
 
     def script_args(
@@ -108,11 +109,16 @@ class OutboxStats:
 class EventOutbox:
     """The drainer's Redis calls on the outbox stream and its consumer group."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, group: str = GROUP) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, group: str = GROUP, bucket: int = 0) -> None:
         self._r = redis
-        self._stream = keys.events_outbox()
-        self._dropped = keys.events_outbox_dropped()
+        self._stream = keys.events_outbox(bucket)
+        self._dropped = keys.events_outbox_dropped(bucket)
         self._group = group
+
+    @classmethod
+    def every_bucket(cls, redis: Redis, keys: Keys) -> list[EventOutbox]:
+        """The outbox of each of the keys' buckets (one unless in Redis Cluster)."""
+        return [cls(redis, keys, bucket=b) for b in keys.all_buckets()]
 
     @property
     def stream(self) -> str:

@@ -6,14 +6,17 @@ change happened, and it outlives a restart of any node and an outage of Kafka (u
 KAFKA_BUFFER_MAX events; past that the scripts count instead of adding, exported as
 `kafka_events_dropped`).
 
-Each node is one consumer, named by its node id, of the one consumer group on the
-outbox. It first sends its own pending entries (read before a restart, or reclaimed),
-then new ones, in batches of up to BATCH_MAX: every record of a batch goes to the
-producer, then all are awaited (acks=all), and only then are the entries acknowledged
-and deleted. On a Kafka error the producer is closed and, after a backoff, the same
-pending entries are sent again. Every RECLAIM_EVERY_S a node takes over the entries
-left pending for more than RECLAIM_IDLE_MS (their node died mid-batch). So delivery
-is at least once, and consumers dedupe by `event_id` (see events.py).
+There is one outbox per key bucket (one with a single Redis; REDIS_BUCKETS in Redis
+Cluster, see keys.py). Each node is one consumer, named by its node id, of the
+consumer group of every bucket's outbox; with one outbox it blocks on it, with
+several it polls them in turn and rests POLL_IDLE_S when none had anything. It first
+sends its own pending entries (read before a restart, or reclaimed), then new ones,
+in batches of up to BATCH_MAX: every record of a batch goes to the producer, then
+all are awaited (acks=all), and only then are the entries acknowledged and deleted.
+On a Kafka error the producer is closed and, after a backoff, the same pending
+entries are sent again. Every RECLAIM_EVERY_S a node takes over the entries left
+pending for more than RECLAIM_IDLE_MS (their node died mid-batch). So delivery is at
+least once, and consumers dedupe by `event_id` (see events.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -40,8 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Events per read and per send.
 BATCH_MAX = 500
-#: How long a read waits for new events.
+#: How long a read waits for new events (one outbox).
 BLOCK_MS = 1_000
+#: With several outboxes (Redis Cluster), the rest after a round that found none.
+POLL_IDLE_S = 0.25
 #: Entries pending this long with any consumer are taken over (a live drainer acks or
 #: re-reads its own well within it: a send is bounded by SEND_TIMEOUT_S).
 RECLAIM_IDLE_MS = 30_000
@@ -77,12 +83,22 @@ def build_producer(settings: Settings) -> Producer:
     return producer
 
 
+@dataclass
+class _Bucket:
+    """A drainer's state for one outbox."""
+
+    outbox: EventOutbox
+    group_ready: bool = False
+    own_pending: bool = True
+    """Read this consumer's pending entries (id 0) before new ones (>)."""
+
+
 class EventDrainer:
-    """Sends the outbox to Kafka as consumer `consumer` (default: the node id)."""
+    """Sends the outboxes to Kafka as consumer `consumer` (default: the node id)."""
 
     def __init__(
         self,
-        outbox: EventOutbox,
+        outbox: EventOutbox | Sequence[EventOutbox],
         settings: Settings,
         registry: CollectorRegistry,
         *,
@@ -95,7 +111,10 @@ class EventDrainer:
         stats_every_s: float = STATS_EVERY_S,
         max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
-        self._outbox = outbox
+        outboxes = [outbox] if isinstance(outbox, EventOutbox) else list(outbox)
+        if not outboxes:
+            raise ValueError("an EventDrainer needs at least one outbox")
+        self._buckets = [_Bucket(o) for o in outboxes]
         self._topic = settings.kafka_topic
         self.consumer = consumer or settings.node_id
         self._new_producer = producer_factory or partial(build_producer, settings)
@@ -108,9 +127,6 @@ class EventDrainer:
         self._backoff = BACKOFF_S
         self._producer: Producer | None = None
         self._kafka_down_logged = False
-        self._group_ready = False
-        self._own_pending = True
-        """Read this consumer's pending entries (id 0) before new ones (>)."""
         self._next_reclaim = 0.0
         self._next_stats = 0.0
         self._dropped_seen: int | None = None
@@ -147,7 +163,8 @@ class EventDrainer:
                     raise_if_cancelling()
                     # Redis may have lost the group with its data: create it again, and
                     # look at this consumer's pending entries first.
-                    self._group_ready = False
+                    for bucket in self._buckets:
+                        bucket.group_ready = False
                     log.warning("event outbox unavailable", extra={"detail": str(exc)})
                     await asyncio.sleep(redis_backoff)
                     redis_backoff = min(redis_backoff * 2, self._max_backoff)
@@ -161,61 +178,85 @@ class EventDrainer:
             await _stop(producer)
 
     async def drain_once(self) -> int:
-        """One round: the gauges and a reclaim when due, then one batch read and sent.
-        Returns how many events Kafka took; raises StorageError when Redis fails."""
-        if not self._group_ready:
-            await self._outbox.ensure_group()
-            self._group_ready = True
-            self._own_pending = True
+        """One round: the gauges and a reclaim when due, then one batch read and sent
+        from each outbox. Returns how many events Kafka took; raises StorageError when
+        Redis fails."""
         now = time.monotonic()
+        for bucket in self._buckets:
+            if not bucket.group_ready:
+                await bucket.outbox.ensure_group()
+                bucket.group_ready = True
+                bucket.own_pending = True
         if now >= self._next_stats:
             await self.refresh_stats()
             self._next_stats = now + self._stats_every
         if self._producer is None and not await self._connect():
             await self._back_off()
             return 0
-        if now >= self._next_reclaim:
+        reclaim = now >= self._next_reclaim
+        if reclaim:
             self._next_reclaim = now + self._reclaim_every
-            claimed = await self._outbox.reclaim(
+        # One outbox: block on it. Several: poll each, rest when none had anything.
+        block_ms = self._block_ms if len(self._buckets) == 1 else None
+        delivered = 0
+        for bucket in self._buckets:
+            sent = await self._drain_bucket(bucket, reclaim, block_ms)
+            if sent is None:
+                return delivered
+            delivered += sent
+        if delivered == 0 and block_ms is None:
+            await asyncio.sleep(POLL_IDLE_S)
+        return delivered
+
+    async def _drain_bucket(
+        self, bucket: _Bucket, reclaim: bool, block_ms: int | None
+    ) -> int | None:
+        """One batch of one outbox; None when Kafka failed (after the backoff)."""
+        outbox = bucket.outbox
+        if reclaim:
+            claimed = await outbox.reclaim(
                 self.consumer, min_idle_ms=self._reclaim_idle_ms, count=self._batch_max
             )
             if claimed:
                 log.warning("took over events left pending", extra={"detail": claimed})
-                self._own_pending = True
-        if self._own_pending:
-            batch = await self._outbox.read(self.consumer, count=self._batch_max, pending=True)
+                bucket.own_pending = True
+        if bucket.own_pending:
+            batch = await outbox.read(self.consumer, count=self._batch_max, pending=True)
             if not batch:
-                self._own_pending = False
+                bucket.own_pending = False
                 return 0
         else:
-            batch = await self._outbox.read(
-                self.consumer, count=self._batch_max, pending=False, block_ms=self._block_ms
+            batch = await outbox.read(
+                self.consumer, count=self._batch_max, pending=False, block_ms=block_ms
             )
             if not batch:
                 return 0
         delivered = await self._send(batch)
         if delivered is None:
-            self._own_pending = True  # the same entries, after the backoff
+            bucket.own_pending = True  # the same entries, after the backoff
             await self._back_off()
-            return 0
-        await self._outbox.ack([entry.entry_id for entry in batch])
+            return None
+        await outbox.ack([entry.entry_id for entry in batch])
         self.sent.inc(delivered)
         self._backoff = BACKOFF_S
         return delivered
 
     async def refresh_stats(self) -> None:
         """Set the pending and dropped gauges from Redis; log when events were dropped."""
-        stats = await self._outbox.stats()
-        self.pending.set(stats.length)
-        self.dropped.set(stats.dropped)
-        seen, self._dropped_seen = self._dropped_seen, stats.dropped
-        if seen is not None and stats.dropped > seen:
+        length = dropped = 0
+        for bucket in self._buckets:
+            stats = await bucket.outbox.stats()
+            length, dropped = length + stats.length, dropped + stats.dropped
+        self.pending.set(length)
+        self.dropped.set(dropped)
+        seen, self._dropped_seen = self._dropped_seen, dropped
+        if seen is not None and dropped > seen:
             log.error(
                 "event outbox full: events dropped",
-                extra={"detail": f"{stats.dropped - seen} more, {stats.dropped} in all"},
+                extra={"detail": f"{dropped - seen} more, {dropped} in all"},
             )
-        elif seen is None and stats.dropped:
-            log.warning("events dropped so far (outbox full)", extra={"detail": stats.dropped})
+        elif seen is None and dropped:
+            log.warning("events dropped so far (outbox full)", extra={"detail": dropped})
 
     async def _connect(self) -> bool:
         producer = self._new_producer()

@@ -14,12 +14,27 @@ named by its random id and expire on their own (`MESSAGE_META_TTL`,
 `NO_TTL` is the documented list of keys allowed to live without one;
 tests/integration/test_key_ttls.py runs a workload and fails on any other key
 without a TTL.
+
+**Buckets (Redis Cluster).** Every key starts with a hash tag naming its *bucket*,
+`{b<n>}` after the prefix, so that Redis Cluster puts it in the bucket's slot. A user's
+keys, their sessions' keys, their answers' keys and the event outbox their scripts
+write all share one bucket (`bucket_of_user`), so every Lua script touches one slot. An
+answer's bucket is written into its message id (`new_message_id`), so a node that has
+only the id (a worker, a resume) finds its keys. With one bucket (standalone Redis and
+Sentinel: `Keys(buckets=1)`) keys have no tag and keep their names; REDIS_MODE=cluster
+spreads users over REDIS_BUCKETS buckets (docs/redis-cluster.md).
 """
 
 from __future__ import annotations
 
+import secrets
+import zlib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
 
 #: The stream entry id of the final record. Chunks use `0-<seq>`, so `1-0` sorts after
 #: every chunk, can be written only once, and blocks any chunk written after it.
@@ -34,14 +49,20 @@ def chunk_entry_id(seq: int) -> str:
 #: Glob patterns (after the prefix) of the keys allowed to have no TTL. Keep it short,
 #: and say here why each one is bounded.
 NO_TTL: tuple[str, ...] = (
-    # The event outbox: a TTL would drop events that Kafka has not taken yet, which is
-    # what the outbox is for. Bounded by KAFKA_BUFFER_MAX (the scripts add nothing past
-    # it), and the drainers delete every entry Kafka acknowledged.
+    # A bucket's event outbox: a TTL would drop events that Kafka has not taken yet,
+    # which is what the outbox is for. Bounded by KAFKA_BUFFER_MAX (the scripts add
+    # nothing past it), and the drainers delete every entry Kafka acknowledged.
     "events:outbox",
-    # One integer: how many events the full outbox refused (cluster total, exported as
-    # kafka_events_dropped). A TTL would reset the count.
+    "{b*}:events:outbox",
+    # One integer per bucket: how many events its full outbox refused (exported, summed,
+    # as kafka_events_dropped). A TTL would reset the count.
     "events:outbox:dropped",
+    "{b*}:events:outbox:dropped",
 )
+
+#: The most buckets a deployment may have: a message id carries its bucket in two hex
+#: digits.
+MAX_BUCKETS = 256
 
 
 def may_lack_ttl(key: str, prefix: str = "") -> bool:
@@ -59,11 +80,64 @@ def seq_of_entry_id(entry_id: str) -> int:
     return int(seq)
 
 
+def new_message_id(bucket: int = 0) -> str:
+    """A fresh message id, `m_` + the bucket (two hex digits) + 30 random hex digits."""
+    if not 0 <= bucket < MAX_BUCKETS:
+        raise ValueError(f"bucket must be in 0..{MAX_BUCKETS - 1}, not {bucket}")
+    return f"m_{bucket:02x}{secrets.token_hex(15)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key builders; `prefix` isolates deployments and tests sharing one Redis."""
+    """Key builders; `prefix` isolates deployments and tests sharing one Redis, and
+    `buckets` is how many buckets users are spread over (1 unless in Redis Cluster)."""
 
     prefix: str = ""
+    buckets: int = 1
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("REDIS_KEY_PREFIX must not contain { or } (hash tags)")
+        if not 1 <= self.buckets <= MAX_BUCKETS:
+            raise ValueError(f"REDIS_BUCKETS must be in 1..{MAX_BUCKETS}, not {self.buckets}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        """REDIS_KEY_PREFIX, and REDIS_BUCKETS in cluster mode (else one bucket)."""
+        return cls(settings.redis_key_prefix, settings.key_buckets)
+
+    # --- buckets --------------------------------------------------------------------
+    def bucket_of_user(self, user_id: str) -> int:
+        """The bucket of every key of the user's (crc32, stable across processes)."""
+        return zlib.crc32(user_id.encode()) % self.buckets
+
+    def bucket_of_scope(self, scope: str) -> int:
+        """The bucket of a session (its `session_scope` name, `user/session`)."""
+        return self.bucket_of_user(scope.rpartition("/")[0])
+
+    def bucket_of_message(self, message_id: str) -> int:
+        """The bucket a message id was made in (bucket 0 for ids without one)."""
+        try:
+            return int(message_id[2:4], 16) % self.buckets
+        except ValueError:
+            return 0
+
+    def all_buckets(self) -> range:
+        return range(self.buckets)
+
+    def _in(self, bucket: int) -> str:
+        """The prefix and hash tag of a bucket's keys (no tag with one bucket: one Redis
+        holds every key, under the names it always had)."""
+        return f"{self.prefix}{{b{bucket}}}:" if self.buckets > 1 else self.prefix
+
+    def _user(self, user_id: str) -> str:
+        return self._in(self.bucket_of_user(user_id))
+
+    def _scope(self, scope: str) -> str:
+        return self._in(self.bucket_of_scope(scope))
+
+    def _msg(self, message_id: str) -> str:
+        return self._in(self.bucket_of_message(message_id))
 
     # --- sessions (user_sessions is the seed deployment's registry name) -------------
     # The seed's global `sessions:active` hash (one field per session ever, read by
@@ -71,42 +145,42 @@ class Keys:
     def user_chats(self, user_id: str) -> str:
         """String: chats the user started in the current one-minute window (across all
         connections and nodes); expires with the window."""
-        return f"{self.prefix}user:{user_id}:chats"
+        return f"{self._user(user_id)}user:{user_id}:chats"
 
     def user_answers(self, user_id: str) -> str:
         """Sorted set: the user's answers in progress, scored by when they stop counting
         (removed when they finish); expires with its last member."""
-        return f"{self.prefix}user:{user_id}:answers"
+        return f"{self._user(user_id)}user:{user_id}:answers"
 
     def user_sessions(self, user_id: str) -> str:
         """Set: the session ids of a user. SESSION_TTL, refreshed whenever one of them is
         opened or gets a chat (it may list sessions that expired since)."""
-        return f"{self.prefix}sessions:user:{user_id}"
+        return f"{self._user(user_id)}sessions:user:{user_id}"
 
     def session(self, session_id: str) -> str:
         """Hash: the session record (owner, created_at, last_seen, current_message).
         SESSION_TTL, refreshed on open, accept and finish, with the keys below."""
-        return f"{self.prefix}session:{session_id}"
+        return f"{self._scope(session_id)}session:{session_id}"
 
     def session_history(self, session_id: str) -> str:
         """List of JSON history items, capped at HISTORY_MAX. SESSION_TTL, set with the
         record's."""
-        return f"{self.prefix}session:{session_id}:history"
+        return f"{self._scope(session_id)}session:{session_id}:history"
 
     def session_messages(self, session_id: str) -> str:
         """List of the session's assistant message ids, newest last, capped. SESSION_TTL,
         set with the record's."""
-        return f"{self.prefix}session:{session_id}:messages"
+        return f"{self._scope(session_id)}session:{session_id}:messages"
 
     def session_active(self, session_id: str) -> str:
         """String: the message id of the answer in progress (one at a time). Its own
         short TTL (ACTIVE_TTL_MS), refreshed by each chunk."""
-        return f"{self.prefix}session:{session_id}:active"
+        return f"{self._scope(session_id)}session:{session_id}:active"
 
     def client_msg(self, session_id: str, client_msg_id: str) -> str:
         """String: the message id a client_msg_id was given (retries get the same).
         Its own TTL (CLIENT_MSG_TTL_S, at most SESSION_TTL), never refreshed."""
-        return f"{self.prefix}session:{session_id}:cmsg:{client_msg_id}"
+        return f"{self._scope(session_id)}session:{session_id}:cmsg:{client_msg_id}"
 
     def session_channel(self, session_id: str) -> str:
         """Pub/sub channel: lifecycle notices for every node holding the session."""
@@ -120,42 +194,44 @@ class Keys:
     def message_meta(self, message_id: str) -> str:
         """Hash: session_id, user_id, prompt, status, last_seq, finish_reason, usage.
         MESSAGE_META_TTL from the accept; never revived once expired."""
-        return f"{self.prefix}msg:{message_id}:meta"
+        return f"{self._msg(message_id)}msg:{message_id}:meta"
 
     def message_stream(self, message_id: str) -> str:
         """Stream: the chunk cache, entry ids `0-<seq>`, then the final `1-0`.
         STREAM_CACHE_TTL, refreshed by every write."""
-        return f"{self.prefix}msg:{message_id}:stream"
+        return f"{self._msg(message_id)}msg:{message_id}:stream"
 
     def message_lease(self, message_id: str) -> str:
         """String: the token of the worker generating the message (SET NX PX,
         LEASE_TTL_MS, renewed while generating)."""
-        return f"{self.prefix}msg:{message_id}:lease"
+        return f"{self._msg(message_id)}msg:{message_id}:lease"
 
     def message_driver(self, message_id: str) -> str:
         """String: the gateway node that drives the message's generation calls (SET NX
         PX, renewed while driving)."""
-        return f"{self.prefix}msg:{message_id}:driver"
+        return f"{self._msg(message_id)}msg:{message_id}:driver"
 
     def message_cancel(self, message_id: str) -> str:
         """String: present when the message was cancelled. MESSAGE_META_TTL."""
-        return f"{self.prefix}msg:{message_id}:cancel"
+        return f"{self._msg(message_id)}msg:{message_id}:cancel"
 
     # --- events -----------------------------------------------------------------------
-    def events_outbox(self) -> str:
-        """Stream: chat events not yet in Kafka, one entry per event (field `event`, the
-        JSON). The scripts that change state add their event in the same step, at most
-        KAFKA_BUFFER_MAX entries; every node drains it (consumer group `kafka`) and
-        deletes what Kafka took. No TTL (see NO_TTL)."""
-        return f"{self.prefix}events:outbox"
+    def events_outbox(self, bucket: int = 0) -> str:
+        """Stream: a bucket's chat events not yet in Kafka, one entry per event (field
+        `event`, the JSON). The scripts that change state add their event in the same
+        step, to the outbox of the bucket they write in, at most KAFKA_BUFFER_MAX entries
+        each; every node drains every bucket's (consumer group `kafka`) and deletes what
+        Kafka took. No TTL (see NO_TTL)."""
+        return f"{self._in(bucket)}events:outbox"
 
-    def events_outbox_dropped(self) -> str:
-        """String: the count of events not added because the outbox was full. No TTL."""
-        return f"{self.prefix}events:outbox:dropped"
+    def events_outbox_dropped(self, bucket: int = 0) -> str:
+        """String: the count of events not added because the bucket's outbox was full.
+        No TTL."""
+        return f"{self._in(bucket)}events:outbox:dropped"
 
     # --- nodes ------------------------------------------------------------------------
-    def node_wake(self, node_id: str) -> str:
-        """Stream a gateway's relay reader also blocks on, to learn of new keys at once.
-        At most ~16 entries; an hour's TTL, refreshed by every wake-up (relay.WAKE_TTL_S),
-        so the stream of a node that is gone for good goes too."""
-        return f"{self.prefix}node:{node_id}:wake"
+    def node_wake(self, node_id: str, bucket: int = 0) -> str:
+        """Stream a gateway's relay reader of the bucket also blocks on, to learn of new
+        keys at once. At most ~16 entries; an hour's TTL, refreshed by every wake-up
+        (relay.WAKE_TTL_S), so the stream of a node that is gone for good goes too."""
+        return f"{self._in(bucket)}node:{node_id}:wake"

@@ -25,7 +25,7 @@ from services.common.clock import now_iso, now_ms
 from services.common.errors import storage_op
 from services.common.event_outbox import OutboxWriter, outbox_max
 from services.common.events import EventType
-from services.common.keys import DONE_ENTRY_ID, Keys, chunk_entry_id
+from services.common.keys import DONE_ENTRY_ID, Keys, chunk_entry_id, new_message_id
 from services.common.lease import Leases
 from services.common.protocol import (
     ErrorCode,
@@ -114,10 +114,6 @@ class MessageMeta:
     completion_tokens: int
 
 
-def new_message_id() -> str:
-    return f"m_{uuid.uuid4().hex}"
-
-
 def user_item_id(message_id: str) -> str:
     """The history id of the user turn that asked for `message_id`."""
     return "u_" + message_id.removeprefix("m_")
@@ -175,7 +171,7 @@ class MessageStore:
     def from_settings(cls, redis: Redis, settings: Settings) -> MessageStore:
         return cls(
             redis,
-            Keys(settings.redis_key_prefix),
+            Keys.from_settings(settings),
             stream_ttl=settings.stream_cache_ttl,
             meta_ttl=settings.message_meta_ttl,
             history_max=settings.history_max,
@@ -200,7 +196,7 @@ class MessageStore:
         A new chat's `message.accepted` event is written with it. Raises SessionTaken if
         another user owns the session by now, StorageError if Redis fails."""
         k = self._k
-        mid = new_message_id()
+        mid = new_message_id(k.bucket_of_user(user_id))
         created = now_iso()
         event_data = {"client_msg_id": client_msg_id, "chars": len(text)}
         if not client_msg_id:
@@ -224,7 +220,7 @@ class MessageStore:
                 "history": k.session_history(session_id),
                 "session": k.session(session_id),
                 "user_sessions": k.user_sessions(user_id),
-                **self._events.script_keys(),
+                **self._events.script_keys(k.bucket_of_user(user_id)),
                 "user_chats": k.user_chats(user_id),
                 "user_answers": k.user_answers(user_id),
             },
@@ -414,7 +410,7 @@ class MessageStore:
                 "history": k.session_history(session_id),
                 "session": k.session(session_id),
                 "session_messages": k.session_messages(session_id),
-                **self._events.script_keys(),
+                **self._events.script_keys(k.bucket_of_message(message_id)),
                 "user_answers": k.user_answers(author),
             },
             args={

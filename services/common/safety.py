@@ -63,6 +63,13 @@ def startup_problems(settings: Settings, host: str) -> list[str]:
     password = urlsplit(settings.redis_url).password or ""
     if PLACEHOLDER_MARK in password.lower():
         problems.append("REDIS_URL has a placeholder password (change-me...): set a real one")
+    if settings.redis_mode == "cluster" and settings.redis_sentinels:
+        problems.append(
+            "REDIS_MODE=cluster with REDIS_SENTINELS: a Redis Cluster fails over by itself; "
+            "set one of them"
+        )
+    if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
+        problems.append("REDIS_KEY_PREFIX must not contain { or } (they make hash tags)")
     return problems
 
 

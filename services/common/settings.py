@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     primary of REDIS_SENTINEL_MASTER through them (REDIS_URL gives only password and db)."""
     redis_sentinel_master: str = "mymaster"
     """The name the Sentinels monitor the primary under (`sentinel monitor NAME ...`)."""
+    redis_mode: Literal["standalone", "cluster"] = "standalone"
+    """`cluster`: REDIS_URL names a node of a Redis Cluster (the client learns the others
+    from it), and users are spread over REDIS_BUCKETS key buckets, each in one hash slot
+    (keys.py, docs/redis-cluster.md). `standalone`: one Redis, or a primary found through
+    REDIS_SENTINELS."""
+    redis_buckets: int = Field(default=64, ge=1, le=256)
+    """Key buckets in cluster mode (at most this many shards are put to use). Fixed for
+    the life of the data: a message id carries its bucket."""
 
     # --- Kafka -----------------------------------------------------------------
     kafka_enabled: bool = True
@@ -139,6 +147,11 @@ class Settings(BaseSettings):
     if Redis loses it (a restart, a failover); 0 turns this off."""
     finished_watch_max: int = Field(default=5_000, ge=0)
     """At most this many finished answers are kept so (the oldest go first)."""
+
+    @property
+    def key_buckets(self) -> int:
+        """How many key buckets the keys are spread over: 1 unless in cluster mode."""
+        return self.redis_buckets if self.redis_mode == "cluster" else 1
 
     @property
     def origins(self) -> frozenset[str]:

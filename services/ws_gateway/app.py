@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                     limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),
                 )
             )
-            keys = Keys(settings.redis_key_prefix)
+            keys = Keys.from_settings(settings)
             store = MessageStore.from_settings(redis, settings)
             sessions = SessionStore.from_settings(redis, settings)
             hub = Hub()
@@ -114,12 +114,12 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             loops.start("notifier", notifier.run)
             loops.start("state-audit", audit.run)
             loops.start("loop-lag", lag.run)
-            deps = DepsProbe(redis, settings.kafka_bootstrap_servers, None, None)
+            deps = DepsProbe(redis, settings.kafka_bootstrap_servers, None, [])
             if settings.kafka_enabled:
-                outbox = EventOutbox(redis, keys)
-                drainer = EventDrainer(outbox, settings, registry)
+                outboxes = EventOutbox.every_bucket(redis, keys)
+                drainer = EventDrainer(outboxes, settings, registry)
                 loops.start("event-drainer", drainer.run)
-                deps = DepsProbe(redis, settings.kafka_bootstrap_servers, drainer, outbox)
+                deps = DepsProbe(redis, settings.kafka_bootstrap_servers, drainer, outboxes)
             ctx = NodeContext(
                 settings, store, sessions, hub, relay, driver, notifier, metrics, admission, lag
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -95,13 +95,13 @@ async def tcp_reachable(host: str, port: int) -> bool:
 
 @dataclass(frozen=True)
 class DepsProbe:
-    """The gateway's view of its dependencies. `producer` and `outbox` are None with
-    KAFKA_ENABLED=false."""
+    """The gateway's view of its dependencies. `producer` is None and `outboxes` empty
+    with KAFKA_ENABLED=false."""
 
     redis: Redis
     bootstrap_servers: str
     producer: Producer | None
-    outbox: EventOutbox | None
+    outboxes: Sequence[EventOutbox]
     timeout: float = DEPS_TIMEOUT_S
     reachable: Callable[[str, int], Awaitable[bool]] = tcp_reachable
 
@@ -145,13 +145,15 @@ class DepsProbe:
         return False
 
     async def _outbox(self) -> OutboxStats | None:
-        if self.outbox is None:
+        """Every bucket's outbox, summed."""
+        if not self.outboxes:
             return None
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.outbox.stats()
+                each = await asyncio.gather(*(o.stats() for o in self.outboxes))
         except (StorageError, TimeoutError):
             return None
+        return OutboxStats(sum(s.length for s in each), sum(s.dropped for s in each))
 
 
 def deps_router() -> APIRouter:

@@ -125,7 +125,7 @@ class SessionStore:
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> SessionStore:
-        keys = Keys(settings.redis_key_prefix)
+        keys = Keys.from_settings(settings)
         return cls(
             redis,
             keys,
@@ -156,7 +156,7 @@ class SessionStore:
                 "user_sessions": self._k.user_sessions(user_id),
                 "history": self._k.session_history(session_id),
                 "session_messages": self._k.session_messages(session_id),
-                **self._events.script_keys(),
+                **self._events.script_keys(self._k.bucket_of_scope(session_id)),
             },
             args={
                 "user_id": user_id,

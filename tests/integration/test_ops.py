@@ -107,10 +107,10 @@ async def test_a_crashing_relay_reader_turns_ready_false_until_it_runs_again(
     broken.set()
     real_read_once = Relay.read_once
 
-    async def read_once(self: Relay, block_ms: int = 5_000) -> None:
+    async def read_once(self: Relay, block_ms: int = 5_000, lane: Any = None) -> None:
         if broken.is_set():
             raise RuntimeError("injected relay bug")
-        await real_read_once(self, block_ms=200)
+        await real_read_once(self, block_ms=200, lane=lane)
 
     monkeypatch.setattr(Relay, "read_once", read_once)
     async with Served(create_gateway(settings_for(redis_url(redis_server), "gw-crash"))) as gw:

@@ -82,7 +82,7 @@ def probe(
         redis,  # type: ignore[arg-type]
         SERVERS,
         producer,
-        outbox,
+        [] if outbox is None else [outbox],
         timeout=0.05,
         reachable=reachable,
     )

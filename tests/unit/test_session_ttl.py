@@ -49,11 +49,18 @@ def test_must_be_positive(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
 
 
 def test_only_the_event_outbox_may_lack_a_ttl() -> None:
-    k = Keys("p:")
-    assert NO_TTL == ("events:outbox", "events:outbox:dropped")
-    assert may_lack_ttl(k.events_outbox(), "p:")
-    assert may_lack_ttl(k.events_outbox_dropped(), "p:")
-    for key in (k.session("s"), k.session_history("s"), k.user_sessions("u"), k.node_wake("n")):
+    k = Keys("p:", buckets=64)
+    assert NO_TTL == (
+        "events:outbox",
+        "{b*}:events:outbox",
+        "events:outbox:dropped",
+        "{b*}:events:outbox:dropped",
+    )
+    assert may_lack_ttl(Keys("p:").events_outbox(), "p:")
+    for bucket in (0, 7, 63):
+        assert may_lack_ttl(k.events_outbox(bucket), "p:")
+        assert may_lack_ttl(k.events_outbox_dropped(bucket), "p:")
+    for key in (k.session("u/s"), k.session_history("u/s"), k.user_sessions("u"), k.node_wake("n")):
         assert not may_lack_ttl(key, "p:")
 
 
