@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -172,6 +173,14 @@ class Cluster:
         if started.returncode != 0:
             raise DeployError(f"supervisord did not start:\n{started.stdout}{started.stderr}")
         try:
+            if spec.cluster:
+                # The nodes' clients need a formed cluster: Redis first, then the rest.
+                first = [p for p in procs if p.autostart]
+                self._wait_healthy(first)
+                form_redis_cluster(spec, self._out)
+                for proc in procs:
+                    if not proc.autostart:
+                        self.supervisor.start_process(proc.name)
             self._wait_healthy(procs)
         except DeployError:
             self._out("stopping what was started; logs stay in " + str(spec.run_dir / "logs"))
@@ -183,8 +192,9 @@ class Cluster:
 
     def _render(self, procs: list[Process]) -> None:
         spec = self.spec
-        for sub in ("logs/previous", *spec.redis_data_names, *spec.sentinel_names):
-            (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (spec.run_dir / "logs" / "previous").mkdir(parents=True, exist_ok=True)
+        for name in (*spec.redis_data_names, *spec.sentinel_names):
+            spec.redis_dir(name).mkdir(parents=True, exist_ok=True)
         self._render_ha()
         # Keep the last run's logs apart, so that a failure tail shows only this run.
         for old in (spec.run_dir / "logs" / "previous").iterdir():
@@ -636,6 +646,52 @@ class Cluster:
         if not logs:
             raise DeployError(f"no logs in {self.spec.run_dir / 'logs'}; deploy first")
         os.execvp("tail", ["tail", "-n", "20", "-F", *map(str, logs)])
+
+
+def _redis_cli(*args: str, timeout: float = 10.0) -> str:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise DeployError("redis-cli is missing (Debian's redis-tools, with redis-server)")
+    done = subprocess.run([cli, *args], capture_output=True, text=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def cluster_state(port: int) -> dict[str, str]:
+    """`CLUSTER INFO` of the node on `port`, as a dict ({} when it does not answer)."""
+    try:
+        text = _redis_cli("-p", str(port), "cluster", "info", timeout=3.0)
+    except subprocess.TimeoutExpired:
+        return {}
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line.strip())
+
+
+def form_redis_cluster(
+    spec: ClusterSpec, out: Callable[[str], None], timeout: float = 60.0
+) -> None:
+    """REDIS_MODE=cluster: create the cluster (three primaries, a replica each) unless
+    its nodes already form one (a redeploy: each keeps its nodes.conf), then wait until
+    every node says `cluster_state:ok`."""
+    ports = spec.cluster_node_ports
+    if cluster_state(ports[0]).get("cluster_known_nodes") == "1":
+        out(f"creating a Redis Cluster of {len(ports)} nodes (3 primaries, 3 replicas)")
+        created = _redis_cli(
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-replicas",
+            "1",
+            "--cluster-yes",
+            timeout=timeout,
+        )
+        if "[OK] All 16384 slots covered" not in created:
+            raise DeployError(f"redis-cli --cluster create failed:\n{created[-2000:]}")
+    ok = _wait_until(
+        lambda: all(cluster_state(p).get("cluster_state") == "ok" for p in ports), timeout
+    )
+    if not ok:
+        states = {p: cluster_state(p).get("cluster_state") for p in ports}
+        raise DeployError(f"the Redis Cluster did not become ok within {timeout:.0f}s: {states}")
+    out("  ok  redis cluster: every node says cluster_state:ok")
 
 
 def _kill_group(pid: int) -> None:

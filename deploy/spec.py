@@ -19,11 +19,15 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = CHECKOUT / "run"
 
 ProbeKind = Literal["redis", "sentinel", "kafka", "http"]
-RedisHA = Literal["none", "sentinel"]
+RedisHA = Literal["none", "sentinel", "cluster"]
 SENTINEL_MASTER = "chat"
 """The name the deploy's Sentinels monitor the primary under (REDIS_SENTINEL_MASTER)."""
 DEFAULT_REPLICA_PORT = 6380
 DEFAULT_SENTINEL_PORTS = (26379, 26380, 26381)
+#: REDIS_MODE=cluster: the five nodes after `redis` (redis_port), and every node's
+#: cluster bus port (Redis's default: the port + 10000).
+DEFAULT_CLUSTER_PORTS = (7001, 7002, 7003, 7004, 7005)
+CLUSTER_NODES = 6
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
 _BOOLS |= {"no": False, "off": False}
 # The names in all_ports() of the listeners that bind PUBLIC_BIND.
@@ -74,6 +78,9 @@ class Process:
     """Log files under run_dir/logs worth showing when it fails (its own log comes first)."""
     host: str = "127.0.0.1"
     """Where the probe connects (nginx's status listener binds PUBLIC_BIND)."""
+    autostart: bool = True
+    """False: started by `up` once what it needs is ready (the nodes, after a Redis
+    Cluster has formed)."""
 
 
 @dataclass
@@ -109,6 +116,11 @@ class ClusterSpec:
     redis_replica_port: int = DEFAULT_REPLICA_PORT
     sentinel_ports: list[int] = field(default_factory=list)
     """Ports of the three Sentinels (REDIS_HA=sentinel only); default 26379..26381."""
+    cluster_ports: list[int] = field(default_factory=list)
+    """REDIS_MODE=cluster (redis_ha "cluster"): the ports of redis-2..redis-6 (`redis`
+    is redis_port); three primaries and three replicas. Default 7001..7005."""
+    cluster_bus_ports: list[int] = field(default_factory=list)
+    """The cluster bus port of each of the six (default: its port + 10000)."""
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -123,8 +135,17 @@ class ClusterSpec:
         if self.sticky not in ("ip_hash", "consistent"):
             raise ValueError(f"STICKY must be ip_hash or consistent, not {self.sticky!r}")
         listen_address(self.public_bind, self.public_port)  # ValueError names PUBLIC_BIND
-        if self.redis_ha not in ("none", "sentinel"):
+        if self.redis_ha not in ("none", "sentinel", "cluster"):
             raise ValueError(f"REDIS_HA must be none or sentinel, not {self.redis_ha!r}")
+        if self.redis_ha == "cluster":
+            if not self.cluster_ports:
+                self.cluster_ports = list(DEFAULT_CLUSTER_PORTS)
+            if not self.cluster_bus_ports:
+                self.cluster_bus_ports = [p + 10000 for p in self.cluster_node_ports]
+            if len(self.cluster_ports) != CLUSTER_NODES - 1:
+                raise ValueError(f"cluster_ports must list {CLUSTER_NODES - 1} ports")
+            if len(self.cluster_bus_ports) != CLUSTER_NODES:
+                raise ValueError(f"cluster_bus_ports must list {CLUSTER_NODES} ports")
         if self.redis_ha == "sentinel" and not self.sentinel_ports:
             self.sentinel_ports = list(DEFAULT_SENTINEL_PORTS)
         if self.sentinel_ports and len(self.sentinel_ports) != len(DEFAULT_SENTINEL_PORTS):
@@ -137,11 +158,17 @@ class ClusterSpec:
         """A cluster on ports the kernel hands out now (tests and benches, so they never
         collide with a running `make deploy`)."""
         ha = fields.get("redis_ha", "none") == "sentinel"
-        # One call, so that no port repeats: the replica and the Sentinels come last.
-        ports = free_ports(6 + gateways + workers + (4 if ha else 0))
+        cluster = fields.get("redis_ha", "none") == "cluster"
+        extra = 4 if ha else (2 * CLUSTER_NODES - 1 if cluster else 0)
+        # One call, so that no port repeats: the replica and the Sentinels (or the
+        # cluster's other nodes and bus ports) come last.
+        ports = free_ports(6 + gateways + workers + extra)
         if ha:
             fields.setdefault("redis_replica_port", ports[-4])
             fields.setdefault("sentinel_ports", ports[-3:])
+        if cluster:
+            fields.setdefault("cluster_ports", ports[-extra:-CLUSTER_NODES])
+            fields.setdefault("cluster_bus_ports", ports[-CLUSTER_NODES:])
         return cls(
             run_dir=run_dir,
             gateways=gateways,
@@ -172,7 +199,7 @@ class ClusterSpec:
             sticky=environ.get("STICKY") or "ip_hash",  # type: ignore[arg-type]
             public_bind=environ.get("PUBLIC_BIND") or DEFAULT_PUBLIC_BIND,
             auth_dev_mode=_BOOLS[dev_mode] if dev_mode else None,
-            redis_ha=(environ.get("REDIS_HA") or "none").strip().lower(),  # type: ignore[arg-type]
+            redis_ha=_redis_ha(environ),
         )
         if environ.get("ALLOWED_ORIGINS"):
             spec.extra_env["ALLOWED_ORIGINS"] = environ["ALLOWED_ORIGINS"]
@@ -308,6 +335,8 @@ class ClusterSpec:
         if self.ha:
             ports["redis-2"] = self.redis_replica_port
             ports.update(zip(self.sentinel_names, self.sentinel_ports, strict=True))
+        if self.cluster:
+            ports.update(zip(self.redis_data_names[1:], self.cluster_ports, strict=True))
         ports.update({n: self.node_port(n) for n in self.gateway_names + self.worker_names})
         return ports
 
@@ -317,12 +346,30 @@ class ClusterSpec:
         return self.redis_ha == "sentinel"
 
     @property
+    def cluster(self) -> bool:
+        """Redis runs as a Redis Cluster of six nodes (REDIS_MODE=cluster)."""
+        return self.redis_ha == "cluster"
+
+    def redis_dir(self, name: str) -> Path:
+        """The directory of a Redis or Sentinel program's files. A cluster's nodes keep
+        theirs apart: a node that starts with the single Redis's data cannot join."""
+        return self.run_dir / "redis-cluster" / name if self.cluster else self.run_dir / name
+
+    @property
+    def cluster_node_ports(self) -> list[int]:
+        """The data ports of the six cluster nodes, `redis` first."""
+        return [self.redis_port, *self.cluster_ports]
+
+    @property
     def sentinel_names(self) -> list[str]:
         return [f"sentinel-{i}" for i in range(1, len(self.sentinel_ports) + 1)] if self.ha else []
 
     @property
     def redis_data_names(self) -> list[str]:
-        """The Redis programs that hold data: `redis`, and in HA mode `redis-2`."""
+        """The Redis programs that hold data: `redis`, and in HA mode `redis-2`, in
+        cluster mode `redis-2`..`redis-6`."""
+        if self.cluster:
+            return ["redis", *(f"redis-{i}" for i in range(2, CLUSTER_NODES + 1))]
         return ["redis", "redis-2"] if self.ha else ["redis"]
 
     @property
@@ -349,11 +396,30 @@ class ClusterSpec:
         if self.ha:
             env["REDIS_SENTINELS"] = self.redis_sentinels
             env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
+        if self.cluster:
+            env["REDIS_MODE"] = "cluster"
         if jwt_secret is not None:
             env["JWT_SECRET"] = jwt_secret
         env.update(self.extra_env)
         env["NODE_ID"] = node_id
         return env
+
+
+def _redis_ha(environ: Mapping[str, str]) -> RedisHA:
+    """REDIS_HA (none, sentinel) and REDIS_MODE (standalone, cluster) as one choice."""
+    ha = (environ.get("REDIS_HA") or "none").strip().lower()
+    mode = (environ.get("REDIS_MODE") or "standalone").strip().lower()
+    if mode not in ("standalone", "cluster"):
+        raise ValueError(f"REDIS_MODE must be standalone or cluster, not {mode!r}")
+    if ha not in ("none", "sentinel"):
+        raise ValueError(f"REDIS_HA must be none or sentinel, not {ha!r}")
+    if mode == "cluster":
+        if ha != "none":
+            raise ValueError(
+                "REDIS_MODE=cluster with REDIS_HA: a Redis Cluster fails over by itself"
+            )
+        return "cluster"
+    return "sentinel" if ha == "sentinel" else "none"
 
 
 def _default_ports(first: int, count: int) -> list[int]:

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -43,6 +44,8 @@ def redis_from_settings(
         "socket_timeout": None if blocking else 5.0,
         "health_check_interval": 30,
     }
+    if settings.redis_mode == "cluster":
+        return _cluster_client(settings, options, max_connections)
     sentinels = sentinel_addresses(settings.redis_sentinels)
     if not sentinels:
         pool = BlockingConnectionPool.from_url(
@@ -67,6 +70,29 @@ def redis_from_settings(
         # redis-py has no waiting pool for Sentinel: past this, a command fails (and is
         # retried by its caller).
         max_connections=max_connections,
+        **options,
+    )
+
+
+def _cluster_client(settings: Settings, options: dict[str, Any], max_connections: int) -> Any:
+    """REDIS_MODE=cluster: a Redis Cluster client seeded with REDIS_URL's node; it learns
+    the others (and which holds each slot) from it, and follows MOVED and failovers.
+
+    It is typed Any: the node code calls it like a `Redis`, which it is not, although it
+    answers every command the node uses (each names keys of one slot, keys.py)."""
+    url = urlsplit(settings.redis_url)
+    if url.path.strip("/") not in ("", "0"):
+        raise ValueError("REDIS_MODE=cluster: Redis Cluster has only db 0 (REDIS_URL .../0)")
+    return RedisCluster(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 6379,
+        username=url.username or None,
+        password=url.password or None,
+        # Per node; past it a command waits for a free connection instead of failing.
+        max_connections=max_connections,
+        # A primary that died is replaced by its replica within the cluster's node
+        # timeout: the client retries (refreshing the slot map) for that long.
+        cluster_error_retry_attempts=10,
         **options,
     )
 

@@ -31,7 +31,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from services.common.errors import StorageError
 
@@ -213,7 +213,7 @@ class CoalescedScript:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             try:
                 replies = await self._send(batch)
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(StorageError(f"{self.script.name}: {exc}"))
@@ -237,9 +237,11 @@ class CoalescedScript:
         return replies
 
     async def _pipeline(self, batch: list[tuple[list[str], list[Scalar], Any]]) -> list[Any]:
+        # As a raw command: a Redis Cluster client refuses `pipe.evalsha` but routes a
+        # raw EVALSHA by its keys (each call's keys are in one slot), a pipeline per node.
         async with self._r.pipeline(transaction=False) as pipe:
             for key_list, arg_list, _ in batch:
-                pipe.evalsha(self._sha, len(key_list), *key_list, *arg_list)
+                pipe.execute_command("EVALSHA", self._sha, len(key_list), *key_list, *arg_list)
             return list(await pipe.execute(raise_on_error=False))
 
 

@@ -45,8 +45,27 @@ class Producer(Protocol):
     def connected(self) -> bool: ...
 
 
+def merged_cluster_info(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Redis Cluster client's INFO is one reply per node (`host:port` -> fields):
+    as one row, the cluster's version, `cluster (N primaries, M replicas)`, the
+    shortest uptime, and clients and memory summed. A single node's reply is kept."""
+    nodes = [v for v in info.values() if isinstance(v, Mapping)]
+    if not nodes or len(nodes) != len(info):
+        return info
+    primaries = sum(1 for n in nodes if n.get("role") == "master")
+    return {
+        "redis_version": nodes[0].get("redis_version"),
+        "role": f"cluster ({primaries} primaries, {len(nodes) - primaries} replicas)",
+        "uptime_in_seconds": min(int(n.get("uptime_in_seconds", 0)) for n in nodes),
+        "connected_clients": sum(int(n.get("connected_clients", 0)) for n in nodes),
+        "used_memory": sum(int(n.get("used_memory", 0)) for n in nodes),
+    }
+
+
 def redis_row(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The status page's Redis row from an INFO reply: `up`, with the fields it shows."""
+    """The status page's Redis row from an INFO reply (of a node, or of every node of a
+    cluster): `up`, with the fields it shows."""
+    info = merged_cluster_info(info)
     row: dict[str, Any] = {"status": "up"}
     for field, name in REDIS_FIELDS.items():
         row[name] = info.get(field)

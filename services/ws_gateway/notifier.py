@@ -102,6 +102,15 @@ class Notifier:
     async def run(self) -> None:
         """Serve the pub/sub connection forever, reconnecting after Redis errors."""
         while True:
+            try:
+                # A Redis Cluster client learns the slot map on its first command; its
+                # pub/sub needs the map to pick a node (a plain client connects).
+                await self._r.initialize()
+            except RedisError as exc:
+                raise_if_cancelling()
+                log.warning("notifier cannot reach redis", extra={"detail": str(exc)})
+                await asyncio.sleep(RECONNECT_S)
+                continue
             pubsub = self._r.pubsub()
             try:
                 channels = [self._k.session_channel(s) for s in self._refs]

@@ -159,3 +159,21 @@ async def test_kafka_disabled_is_not_probed() -> None:
     report = await probe(FakeRedis(INFO), reachable=nothing).report()
     assert report["kafka"]["status"] == "disabled"
     assert report["kafka"]["outbox_length"] is None
+
+
+def test_a_cluster_shows_as_one_row() -> None:
+    node = {"redis_version": "7.0.15", "uptime_in_seconds": 50, "connected_clients": 4}
+    info = {
+        "127.0.0.1:7001": {**node, "role": "master", "used_memory": 100},
+        "127.0.0.1:7002": {**node, "role": "master", "used_memory": 100, "uptime_in_seconds": 9},
+        "127.0.0.1:7003": {**node, "role": "slave", "used_memory": 50},
+    }
+    row = redis_row(info)
+    assert row == {
+        "status": "up",
+        "version": "7.0.15",
+        "role": "cluster (2 primaries, 1 replicas)",
+        "uptime_s": 9,
+        "connected_clients": 12,
+        "used_memory": 250,
+    }

@@ -99,3 +99,44 @@ def test_a_config_sentinel_rewrote_is_kept_and_another_topology_is_not(tmp_path:
     other._out = lambda line: None
     other._render_ha()
     assert "127.0.0.1 7000 2" in conf.read_text()
+
+
+def test_redis_mode_cluster_from_the_environment(tmp_path: Path) -> None:
+    spec = ClusterSpec.from_env({"REDIS_MODE": "cluster", "RUN_DIR": str(tmp_path)})
+    assert spec.cluster and not spec.ha
+    assert spec.cluster_node_ports == [6379, 7001, 7002, 7003, 7004, 7005]
+    assert spec.cluster_bus_ports == [16379, 17001, 17002, 17003, 17004, 17005]
+    assert spec.app_env("gateway-1")["REDIS_MODE"] == "cluster"
+    assert spec.redis_data_names == ["redis", *(f"redis-{i}" for i in range(2, 7))]
+    with pytest.raises(ValueError, match="REDIS_MODE=cluster with REDIS_HA"):
+        ClusterSpec.from_env({"REDIS_MODE": "cluster", "REDIS_HA": "sentinel"})
+    with pytest.raises(ValueError, match="REDIS_MODE"):
+        ClusterSpec.from_env({"REDIS_MODE": "sharded"})
+
+
+def test_free_ports_cover_the_cluster_nodes_and_their_bus(tmp_path: Path) -> None:
+    spec = ClusterSpec.on_free_ports(tmp_path, 1, 1, redis_ha="cluster")
+    ports = [*spec.all_ports().values(), *spec.cluster_bus_ports]
+    assert len(ports) == len(set(ports)) == 6 + 2 + 5 + 6
+    spec.save()
+    assert ClusterSpec.load(tmp_path) == spec
+
+
+def test_cluster_nodes_are_configured_apart_and_the_nodes_wait_for_them(tmp_path: Path) -> None:
+    spec = ClusterSpec.on_free_ports(tmp_path, 1, 1, redis_ha="cluster")
+    configs = ha_configs(spec)
+    assert len(configs) == 6
+    for (path, text), port, bus in zip(
+        sorted(configs.items(), key=lambda kv: spec.redis_data_names.index(kv[0].parent.name)),
+        spec.cluster_node_ports,
+        spec.cluster_bus_ports,
+        strict=True,
+    ):
+        # Apart from the single Redis's data (run/redis): a node with keys cannot join.
+        assert path.parent.parent == tmp_path / "redis-cluster"
+        for line in (f"port {port}", f"cluster-port {bus}", "cluster-enabled yes"):
+            assert line in text.splitlines(), (path, line)
+        assert f"dir {path.parent}" in text
+    procs = build_processes(spec, BINS)
+    started_first = {p.name for p in procs if p.autostart}
+    assert started_first == {*spec.redis_data_names, "kafka"}

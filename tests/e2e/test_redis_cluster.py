@@ -1,0 +1,139 @@
+"""REDIS_MODE=cluster: the whole cluster on a real Redis Cluster (six Debian
+redis-server nodes, three primaries with a replica each, made by `redis-cli --cluster
+create`). Chat, resume on another gateway, history and events work with users spread
+over several primaries; a kill -9 of a primary mid-stream fails over to its replica and
+every answer ends, completed exactly once or told `state_lost`, as under Sentinel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from deploy.cluster import cluster_state
+from services.common.keys import Keys
+from tests.chat_client import Answer, ChatClient
+from tests.conftest import ClusterHandle
+from tests.e2e.test_sentinel_failover import crash_and_hold
+from tests.integration.redis_helpers import eventually
+from tests.storage_faults import ENV, assert_never_silent, start_answers
+
+pytestmark = pytest.mark.e2e
+
+FAILOVER_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(cluster_factory):  # type: ignore[no-untyped-def]
+    return cluster_factory(gateways=2, workers=2, redis_ha="cluster", extra_env=ENV)
+
+
+def client(cluster: ClusterHandle) -> RedisCluster:
+    return RedisCluster(host="127.0.0.1", port=cluster.spec.redis_port, decode_responses=True)
+
+
+async def primaries(cluster: ClusterHandle) -> dict[int, str]:
+    """port -> node name of each primary now."""
+    names = dict(zip(cluster.spec.cluster_node_ports, cluster.spec.redis_data_names, strict=True))
+    rc = client(cluster)
+    try:
+        nodes = await rc.cluster_nodes()
+    finally:
+        await rc.aclose()
+    found = {}
+    for address, node in nodes.items():
+        port = int(address.rsplit(":", 1)[1].split("@")[0])
+        if "master" in node["flags"] and "fail" not in node["flags"] and node["slots"]:
+            found[port] = names[port]
+    return found
+
+
+async def test_chat_resume_and_history_across_the_shards(redis_cluster: ClusterHandle) -> None:
+    assert all(
+        cluster_state(p).get("cluster_state") == "ok" for p in redis_cluster.spec.cluster_node_ports
+    )
+    assert len(await primaries(redis_cluster)) == 3
+    keys = Keys(buckets=64)
+    users = [f"rc-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    texts = {}
+    for i, uid in enumerate(users):
+        session = f"s-{uuid.uuid4().hex[:10]}"
+        chat = ChatClient(redis_cluster.ws_url(session, user_id=uid), local_ip=f"127.0.61.{i + 1}")
+        await chat.connect()
+        ack = await chat.chat(f"echo hello from {uid}")
+        answer = Answer(ack["message_id"])
+        # A message id carries its user's bucket.
+        assert keys.bucket_of_message(ack["message_id"]) == keys.bucket_of_user(uid)
+        answer = await chat.read_answer(answer)
+        answer.assert_exactly_once()
+        texts[uid] = answer.text
+        await chat.close()
+        # Another connection (another source address, another gateway) reads history.
+        again = ChatClient(redis_cluster.ws_url(session, user_id=uid), local_ip=f"127.0.62.{i + 1}")
+        welcome = await again.connect()
+        assert welcome["session_id"] == session
+        await again.send({"type": "history"})
+        history = await again.recv_until(lambda f: f["type"] == "history")
+        assert [m["text"] for m in history["messages"]] == [f"echo hello from {uid}", answer.text]
+        await again.close()
+    assert texts == {u: f"hello from {u}" for u in users}
+    # The users' keys landed on more than one primary: the slots are really spread.
+    rc = client(redis_cluster)
+    try:
+        slots = {await rc.cluster_keyslot(keys.user_sessions(u)) for u in users}
+    finally:
+        await rc.aclose()
+    assert len(slots) > 1
+    async with httpx.AsyncClient(timeout=10) as http:
+        reply = await http.get(
+            f"{redis_cluster.public_url}/api/sessions",
+            params={"user_id": users[0]},
+            headers={"Authorization": "Bearer dev-token"},
+        )
+        deps = await http.get(f"{redis_cluster.status_url}/node/gateway-1/deps")
+    assert reply.status_code == 200 and len(reply.json()["sessions"]) == 1
+    # The dashboard's Redis row sums up the cluster.
+    redis_row = deps.json()["redis"]
+    assert redis_row["status"] == "up"
+    assert redis_row["role"] == "cluster (3 primaries, 3 replicas)"
+
+
+async def test_a_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
+    redis_cluster: ClusterHandle,
+) -> None:
+    before = await primaries(redis_cluster)
+    runs = await start_answers(redis_cluster, "rck", "Tell me a long story about shards.")
+    victim_port, victim = next(iter(before.items()))
+    start = time.monotonic()
+    crash_and_hold(redis_cluster, victim)
+
+    async def failed_over() -> bool:
+        now = await primaries(redis_cluster)
+        return victim_port not in now and len(now) == 3
+
+    await eventually(failed_over, FAILOVER_S, "a replica to take over", poll=0.2)
+    failover_s = time.monotonic() - start
+    await asyncio.gather(
+        asyncio.to_thread(redis_cluster.start_process, victim),
+        *(run.follow() for run in runs),
+    )
+    for run in runs:
+        await run.client.close()
+    completed, lost = assert_never_silent(runs)
+    for run in runs:
+        if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
+            check = ChatClient(redis_cluster.ws_url(run.session, user_id=run.user))
+            await check.connect()
+            await check.send({"type": "history"})
+            history = await check.recv_until(lambda f: f["type"] == "history")
+            await check.close()
+            assert history["messages"][-1]["text"] == run.answer.text
+    print(
+        f"\nkill -9 {victim}: a replica took over in {failover_s:.1f}s; "
+        f"{completed} answers completed, {lost} ended with state_lost"
+    )
+    assert completed + lost == len(runs)
