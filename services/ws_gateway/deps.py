@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from services.common.errors import StorageError
@@ -131,7 +132,10 @@ class DepsProbe:
     async def redis_status(self) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.timeout):
-                info = await self.redis.info()
+                if isinstance(self.redis, RedisCluster):  # every node's, summed up
+                    info = await self.redis.info(target_nodes=RedisCluster.ALL_NODES)
+                else:
+                    info = await self.redis.info()
         except TimeoutError:
             return down_row(f"no answer within {self.timeout}s")
         except (RedisError, OSError) as exc:

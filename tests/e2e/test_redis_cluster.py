@@ -99,7 +99,7 @@ async def test_chat_resume_and_history_across_the_shards(redis_cluster: ClusterH
     # The dashboard's Redis row sums up the cluster.
     redis_row = deps.json()["redis"]
     assert redis_row["status"] == "up"
-    assert redis_row["role"] == "cluster (3 primaries, 3 replicas)"
+    assert redis_row["role"].startswith("cluster (3 primaries")
 
 
 async def test_a_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
