@@ -11,9 +11,13 @@ import pytest
 import yaml
 
 from services.ai_worker.metrics import WorkerMetrics
-from services.common.kafka import EventDrainer
+from services.common import kafka as kafka_module
+from services.common.event_outbox import EventOutbox
+from services.common.kafka import EventDrainer, build_producer
+from services.common.keys import Keys
 from services.common.metrics import node_registry
 from services.common.settings import Settings
+from services.usage.settings import UsageSettings
 from services.ws_gateway.metrics import GatewayMetrics
 
 pytestmark = pytest.mark.unit
@@ -45,6 +49,20 @@ def _app_services(services: dict[str, dict[str, Any]]) -> list[str]:
     return _replicas(services, "gateway") + _replicas(services, "worker")
 
 
+#: The Kafka cluster's nodes (broker and controller each).
+KAFKA_BROKERS = ["kafka-1", "kafka-2", "kafka-3"]
+
+
+def _bootstrap_hosts(value: str) -> list[str]:
+    """The hosts of a bootstrap list (`host:9092,...`), sorted; every port must be 9092."""
+    hosts = []
+    for address in value.split(","):
+        host, port = address.strip().rsplit(":", 1)
+        assert port == "9092", address
+        hosts.append(host)
+    return sorted(hosts)
+
+
 def _published_ports(service: dict[str, Any]) -> set[int]:
     published: set[int] = set()
     for port in service.get("ports", []):
@@ -67,8 +85,10 @@ def test_app_services_are_supervised(services: dict[str, dict[str, Any]]) -> Non
         assert svc["restart"] == "unless-stopped", name
         assert "/health" in " ".join(svc["healthcheck"]["test"]), name
         assert svc["stop_grace_period"] == "30s", name
-        for dep in ("redis", "kafka"):
+        for dep in ("redis", *KAFKA_BROKERS):
             assert svc["depends_on"][dep]["condition"] == "service_healthy", (name, dep)
+        ready = svc["depends_on"]["kafka-init"]["condition"]
+        assert ready == "service_completed_successfully", name
 
 
 def test_app_services_are_built_and_run_their_module(
@@ -91,7 +111,7 @@ def test_app_environment(services: dict[str, dict[str, Any]]) -> None:
         assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
         assert env["JWT_SECRET"].startswith("${JWT_SECRET:?")
         assert env["REDIS_URL"].endswith("@redis:6379/0")
-        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert _bootstrap_hosts(env["KAFKA_BOOTSTRAP_SERVERS"]) == KAFKA_BROKERS, name
         assert env["KAFKA_IDEMPOTENCE"] == "true"  # Apache Kafka supports it
         assert env["WORKER_URL"] == "http://nginx:8081"
         assert "ALLOWED_ORIGINS" in env
@@ -192,12 +212,138 @@ def test_redis_is_a_primary_a_replica_and_three_sentinels(
         assert "$(hostname)" in script, name  # `$$` reaches the shell as `$`
 
 
-def test_kafka_is_single_node_kraft(services: dict[str, dict[str, Any]]) -> None:
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka")
-    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
-    assert "healthcheck" in kafka
+def test_kafka_is_a_three_node_kraft_cluster(services: dict[str, dict[str, Any]]) -> None:
+    """Three combined broker+controller nodes with distinct ids, one cluster id, a
+    quorum naming all three, each advertising itself, with a volume of its own."""
+    assert sorted(n for n in services if re.fullmatch(r"kafka-\d+", n)) == KAFKA_BROKERS
+    assert "kafka" not in services  # the single broker is gone
+    node_ids, cluster_ids, volumes = set(), set(), set()
+    for number, name in enumerate(KAFKA_BROKERS, start=1):
+        kafka = services[name]
+        assert re.fullmatch(r"apache/kafka:3\.9\.\d+", kafka["image"]), name
+        assert kafka["hostname"] == name
+        assert kafka["restart"] == "unless-stopped", name
+        assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"]), name
+        assert "ports" not in kafka, name  # reached on the compose network only
+        env = kafka["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller", name
+        assert env["KAFKA_NODE_ID"] == number, name
+        node_ids.add(env["KAFKA_NODE_ID"])
+        cluster_ids.add(env["CLUSTER_ID"])
+        voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+        assert voters == [f"{i}@{n}:9093" for i, n in enumerate(KAFKA_BROKERS, start=1)], name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092", name
+        assert "CONTROLLER://:9093" in env["KAFKA_LISTENERS"].split(","), name
+        data_dir = env["KAFKA_LOG_DIRS"]
+        (volume,) = kafka["volumes"]
+        source, target = volume.split(":")
+        assert target == data_dir, name
+        volumes.add(source)
+    assert node_ids == {1, 2, 3}
+    assert len(cluster_ids) == 1
+    assert volumes == {f"{name}-data" for name in KAFKA_BROKERS}
+    assert volumes <= set(yaml.safe_load(COMPOSE_FILE.read_text())["volumes"])
+
+
+def test_kafka_replicates_every_topic_three_times(services: dict[str, dict[str, Any]]) -> None:
+    """RF 3 and min ISR 2 by default and for the internal topics (consumer offsets,
+    transaction state); no unclean leader; no topic created by a stray write."""
+    for name in KAFKA_BROKERS:
+        env = services[name]["environment"]
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3, name
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == 2, name
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 3, name
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == 3, name
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == 2, name
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false", name
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", name
+
+
+def test_chat_events_is_created_with_rf_3_and_min_isr_2(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    init = services["kafka-init"]
+    assert init["image"] == services["kafka-1"]["image"]
+    assert init["restart"] == "no"
+    for name in KAFKA_BROKERS:
+        assert init["depends_on"][name] == {"condition": "service_healthy"}, name
+    script = init["command"][-1]
+    assert "/opt/kafka/bin/kafka-topics.sh" in script and "--create --if-not-exists" in script
+    bootstrap = re.search(r"--bootstrap-server (\S+)", script)
+    assert bootstrap and _bootstrap_hosts(bootstrap[1]) == KAFKA_BROKERS
+    assert re.search(r"--topic (\S+)", script)[1] == Settings().kafka_topic  # type: ignore[index]
+    assert re.search(r"--replication-factor 3\b", script)
+    assert re.search(r"--config min\.insync\.replicas=2\b", script)
+    partitions = re.search(r"--partitions (\d+)", script)
+    assert partitions and int(partitions[1]) >= 3
+    assert script.rstrip().endswith("exit 1")  # gives up with a failure, never silently
+
+
+def test_producers_use_acks_all_and_idempotence(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drainer's producer: acks=all always, idempotence as KAFKA_IDEMPOTENCE says
+    (compose turns it on: Apache Kafka supports it), every broker to bootstrap from."""
+    built: list[dict[str, Any]] = []
+    monkeypatch.setattr(kafka_module, "AIOKafkaProducer", lambda **kw: built.append(kw))
+    env = services["gateway-1"]["environment"]
+    build_producer(
+        Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            kafka_idempotence=env["KAFKA_IDEMPOTENCE"],
+            kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+        )
+    )
+    (options,) = built
+    assert options["acks"] == "all"
+    assert options["enable_idempotence"] is True
+    assert _bootstrap_hosts(options["bootstrap_servers"]) == KAFKA_BROKERS
+    for name in _app_services(services):
+        assert services[name]["environment"]["KAFKA_IDEMPOTENCE"] == "true", name
+
+
+# --- the usage consumer (services/usage) ------------------------------------------------
+
+
+def test_usage_consumer_service(services: dict[str, dict[str, Any]]) -> None:
+    """One replica of `python -m services.usage`, built like the nodes, supervised,
+    unpublished, after the topic exists; every broker in its bootstrap list."""
+    usage = services["usage"]
+    assert not [n for n in services if re.fullmatch(r"usage-\d+", n)]  # one replica
+    assert usage["build"] == services["gateway-1"]["build"]
+    assert usage["command"][:3] == ["python", "-m", "services.usage"]
+    assert usage["command"][usage["command"].index("--port") + 1] == "8000"
+    assert (ROOT / "services" / "usage" / "__main__.py").is_file()
+    assert "/health" in " ".join(usage["healthcheck"]["test"])
+    assert usage["restart"] == "unless-stopped"
+    assert "ports" not in usage  # its API has no authentication
+    assert usage["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}
+    for dep in ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert usage["depends_on"][dep] == {"condition": "service_healthy"}, dep
+    env = usage["environment"]
+    assert _bootstrap_hosts(env["USAGE_KAFKA_BOOTSTRAP_SERVERS"]) == KAFKA_BROKERS
+    assert env["USAGE_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert env["USAGE_GROUP_ID"] == "usage"
+    fields = {f"USAGE_{name.upper()}" for name in UsageSettings.model_fields}
+    assert set(env) <= fields, set(env) - fields  # no misspelt setting
+
+
+def test_usage_settings_from_the_resolved_compose_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the usage container's settings come to, with the secrets set."""
+    env = _resolved({**SECRETS})["services"]["usage"]["environment"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    settings = UsageSettings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.group_id == "usage"
+    assert settings.kafka_topic == "chat.events"
+    assert _bootstrap_hosts(settings.kafka_bootstrap_servers) == KAFKA_BROKERS
+    assert settings.redis_url.get_secret_value() == (
+        f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    )
+    assert SECRETS["REDIS_PASSWORD"] not in repr(settings)
+    redis = settings.redis_settings()
+    assert redis.redis_sentinel_master == "chat"
+    assert redis.redis_sentinels == "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
 
 
 def test_env_file_sets_no_secret() -> None:
@@ -286,7 +432,7 @@ def _defined_metric_names() -> set[str]:
     registry = node_registry()
     GatewayMetrics(registry)
     WorkerMetrics(registry)
-    EventDrainer(None, Settings(), registry)  # type: ignore[arg-type]  # only its metrics
+    EventDrainer(EventOutbox(None, Keys()), Settings(), registry)  # only its metrics
     return {sample.name for metric in registry.collect() for sample in metric.samples}
 
 

@@ -1,0 +1,1 @@
+"""The usage service's Lua scripts (loaded by `services.usage.scripts`)."""
