@@ -70,6 +70,10 @@ lint: $(STAMP) $(FRONTEND_DEPS) $(KUSTOMIZE)
 	$(PY) -m nginx.render check
 	$(PY) -m nginx.render check --sticky consistent
 	$(PY) -m deploy.k8s check --kustomize $(KUSTOMIZE) --out build/k8s
+	@echo "docker compose config (compose-go, no engine) on compose/docker-compose.yml"
+	@cd compose && JWT_SECRET=lint-only-0123456789abcdef0123456789abcdef \
+		REDIS_PASSWORD=lint-only GRAFANA_ADMIN_PASSWORD=lint-only \
+		../$(VENV)/bin/docker-compose -f docker-compose.yml config -q
 	cd frontend && npm run --silent typecheck
 
 # Issue 8: ours next to a bare uvicorn ceiling and a python-socketio peer, same load
