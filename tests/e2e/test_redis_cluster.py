@@ -137,3 +137,35 @@ async def test_a_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
         f"{completed} answers completed, {lost} ended with state_lost"
     )
     assert completed + lost == len(runs)
+
+
+async def test_kill9_of_the_gateway_and_the_worker_mid_answer(
+    redis_cluster: ClusterHandle,
+) -> None:
+    """The failover tests of a single Redis, both at once, on the cluster: the client
+    resumes on the other gateway, another worker takes the answer over."""
+    session, user = f"s-{uuid.uuid4().hex[:10]}", "rc-fail"
+    chat = ChatClient(redis_cluster.ws_url(session, user_id=user), local_ip="127.0.63.1")
+    welcome = await chat.connect()
+    ack = await chat.chat("What happens when everything dies at once?")
+    mid = ack["message_id"]
+    answer = await chat.read_answer(Answer(mid), stop_after=5)
+    rc = client(redis_cluster)
+    try:
+        lease = await rc.get(Keys(buckets=64).message_lease(mid))
+    finally:
+        await rc.aclose()
+    assert lease, "no worker holds the answer's lease"
+    gateway, worker = welcome["node_id"], str(lease).split(":")[0]
+    redis_cluster.kill9(gateway)
+    redis_cluster.kill9(worker)
+    await chat.follow_resilient(answer)
+    answer.assert_exactly_once()
+    assert answer.done is not None and answer.done["finish_reason"] == "stop"
+    assert chat.welcome is not None and chat.welcome["node_id"] != gateway
+    await chat.send({"type": "history"})
+    history = await chat.recv_until(lambda f: f["type"] == "history")
+    assert history["messages"][-1]["text"] == answer.text
+    await chat.close()
+    redis_cluster.wait_healthy(gateway, timeout=30)
+    redis_cluster.wait_healthy(worker, timeout=30)
