@@ -88,3 +88,16 @@ def assert_never_silent(runs: list[Timed]) -> tuple[int, int]:
             lost += 1
         assert run.longest_silence < RECOVERY_S + 2.0, run.longest_silence
     return completed, lost
+
+
+async def assert_history_kept(cluster: ClusterHandle, runs: list[Timed]) -> None:
+    """What the client assembled of each completed answer is what history kept."""
+    for run in runs:
+        if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
+            check = ChatClient(cluster.ws_url(run.session, user_id=run.user))
+            await check.connect()
+            await check.send({"type": "history"})
+            history = await check.recv_until(lambda f: f["type"] == "history")
+            await check.close()
+            kept = history["messages"][-1]["text"]
+            assert kept == run.answer.text, (run.session, len(kept), len(run.answer.text))

@@ -20,7 +20,7 @@ from tests.chat_client import Answer, ChatClient
 from tests.conftest import ClusterHandle
 from tests.e2e.test_sentinel_failover import crash_and_hold
 from tests.integration.redis_helpers import eventually
-from tests.storage_faults import ENV, assert_never_silent, start_answers
+from tests.storage_faults import ENV, assert_history_kept, assert_never_silent, start_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -124,14 +124,7 @@ async def test_a_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
     for run in runs:
         await run.client.close()
     completed, lost = assert_never_silent(runs)
-    for run in runs:
-        if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
-            check = ChatClient(redis_cluster.ws_url(run.session, user_id=run.user))
-            await check.connect()
-            await check.send({"type": "history"})
-            history = await check.recv_until(lambda f: f["type"] == "history")
-            await check.close()
-            assert history["messages"][-1]["text"] == run.answer.text
+    await assert_history_kept(redis_cluster, runs)
     print(
         f"\nkill -9 {victim}: a replica took over in {failover_s:.1f}s; "
         f"{completed} answers completed, {lost} ended with state_lost"

@@ -13,11 +13,10 @@ import time
 import pytest
 
 from deploy.supervisor import pid_alive
-from tests.chat_client import ChatClient
 from tests.conftest import ClusterHandle, wait_for
 from tests.integration.redis_helpers import eventually
 from tests.sentinel_helpers import primary_port, settled
-from tests.storage_faults import ENV, assert_never_silent, start_answers
+from tests.storage_faults import ENV, assert_history_kept, assert_never_silent, start_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -88,16 +87,7 @@ async def test_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
         for run in runs:
             await run.client.close()
         completed, lost = assert_never_silent(runs)
-        for run in runs:
-            if run.answer.done is not None and run.answer.done["finish_reason"] == "stop":
-                check = ChatClient(ha_cluster.ws_url(run.session, user_id=run.user))
-                await check.connect()
-                await check.send({"type": "history"})
-                history = await check.recv_until(lambda f: f["type"] == "history")
-                await check.close()
-                # What the client assembled of a completed answer is what history kept.
-                kept = history["messages"][-1]["text"]
-                assert kept == run.answer.text, (round_no, len(kept), len(run.answer.text))
+        await assert_history_kept(ha_cluster, runs)
         summary.append(
             f"round {round_no}: kill -9 {victim}, {survivor} primary {failover_s:.1f}s "
             f"later; {completed} answers completed, {lost} ended with state_lost"
