@@ -4,6 +4,7 @@ checked to have ended as the protocol promises."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,3 +102,17 @@ async def assert_history_kept(cluster: ClusterHandle, runs: list[Timed]) -> None
             await check.close()
             kept = history["messages"][-1]["text"]
             assert kept == run.answer.text, (run.session, len(kept), len(run.answer.text))
+
+
+async def finish_with(cluster: ClusterHandle, runs: list[Timed], restart: str) -> tuple[int, int]:
+    """Start the stopped program `restart` again while every answer is followed to its
+    end; then every answer ended and what completed is what history kept. Returns
+    (completed, lost) as `assert_never_silent`."""
+    await asyncio.gather(
+        asyncio.to_thread(cluster.start_process, restart), *(run.follow() for run in runs)
+    )
+    for run in runs:
+        await run.client.close()
+    outcome = assert_never_silent(runs)
+    await assert_history_kept(cluster, runs)
+    return outcome

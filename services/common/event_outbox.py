@@ -18,6 +18,8 @@ this one. Every method raises `StorageError` when Redis fails.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +106,12 @@ class OutboxStats:
     """Entries in the outbox: events not yet acknowledged by Kafka."""
     dropped: int
     """Events ever refused because the outbox was full."""
+
+
+async def total_stats(outboxes: Sequence[EventOutbox]) -> OutboxStats:
+    """Every bucket's outbox, summed (their reads run at once)."""
+    each = await asyncio.gather(*(outbox.stats() for outbox in outboxes))
+    return OutboxStats(sum(s.length for s in each), sum(s.dropped for s in each))
 
 
 class EventOutbox:

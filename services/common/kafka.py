@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import StorageError
-from services.common.event_outbox import EVENT_FIELD, EventOutbox, OutboxEntry
+from services.common.event_outbox import EVENT_FIELD, EventOutbox, OutboxEntry, total_stats
 from services.common.settings import Settings
 from services.common.tasks import raise_if_cancelling
 
@@ -243,10 +243,8 @@ class EventDrainer:
 
     async def refresh_stats(self) -> None:
         """Set the pending and dropped gauges from Redis; log when events were dropped."""
-        length = dropped = 0
-        for bucket in self._buckets:
-            stats = await bucket.outbox.stats()
-            length, dropped = length + stats.length, dropped + stats.dropped
+        totals = await total_stats([bucket.outbox for bucket in self._buckets])
+        length, dropped = totals.length, totals.dropped
         self.pending.set(length)
         self.dropped.set(dropped)
         seen, self._dropped_seen = self._dropped_seen, dropped

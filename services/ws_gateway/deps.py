@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from services.common.errors import StorageError
-from services.common.event_outbox import EventOutbox, OutboxStats
+from services.common.event_outbox import EventOutbox, OutboxStats, total_stats
 
 DEPS_PATH = "/status/deps"
 #: The longest any one probe may take.
@@ -173,10 +173,9 @@ class DepsProbe:
             return None
         try:
             async with asyncio.timeout(self.timeout):
-                each = await asyncio.gather(*(o.stats() for o in self.outboxes))
+                return await total_stats(self.outboxes)
         except (StorageError, TimeoutError):
             return None
-        return OutboxStats(sum(s.length for s in each), sum(s.dropped for s in each))
 
 
 def deps_router() -> APIRouter:

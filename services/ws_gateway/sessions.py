@@ -180,6 +180,19 @@ class SessionStore:
         """The user's sessions, most recently active first, at most `limit`. Entries of
         the user's session set whose record is gone (expired) are left out."""
         scopes = sorted(await self._r.smembers(self._k.user_sessions(user_id)))
+        found = await self._read_summaries(user_id, scopes)
+        found.sort(key=lambda s: (s.last_seen, s.session_id), reverse=True)
+        return found[:limit]
+
+    @storage_op
+    async def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
+        """One session of the user's list, or None when it does not exist."""
+        found = await self._read_summaries(user_id, [session_scope(user_id, session_id)])
+        return found[0] if found else None
+
+    async def _read_summaries(self, user_id: str, scopes: list[str]) -> list[SessionSummary]:
+        """The summaries of the user's sessions named (scopes) that still exist, in one
+        pipeline of three reads each."""
         if not scopes:
             return []
         async with self._r.pipeline(transaction=False) as pipe:
@@ -203,15 +216,7 @@ class SessionStore:
                     answering=bool(active),
                 )
             )
-        found.sort(key=lambda s: (s.last_seen, s.session_id), reverse=True)
-        return found[:limit]
-
-    async def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
-        """One session of the user's list, or None when it does not exist."""
-        for found in await self.summaries(user_id, 10**6):
-            if found.session_id == session_id:
-                return found
-        return None
+        return found
 
     async def create(self, user_id: str, title: str | None) -> str:
         """A new session of the user's (with `title` if given); returns its id."""
