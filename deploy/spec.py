@@ -356,6 +356,11 @@ class ClusterSpec:
         return self.run_dir / "redis-cluster" / name if self.cluster else self.run_dir / name
 
     @property
+    def redis_cluster_nodes(self) -> str:
+        """REDIS_CLUSTER_NODES of the nodes: every cluster node ("" outside cluster mode)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.cluster_node_ports)
+
+    @property
     def cluster_node_ports(self) -> list[int]:
         """The data ports of the six cluster nodes, `redis` first."""
         return [self.redis_port, *self.cluster_ports]
@@ -398,6 +403,7 @@ class ClusterSpec:
             env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
         if self.cluster:
             env["REDIS_MODE"] = "cluster"
+            env["REDIS_CLUSTER_NODES"] = self.redis_cluster_nodes
         if jwt_secret is not None:
             env["JWT_SECRET"] = jwt_secret
         env.update(self.extra_env)

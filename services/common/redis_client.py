@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -75,20 +75,25 @@ def redis_from_settings(
 
 
 def _cluster_client(settings: Settings, options: dict[str, Any], max_connections: int) -> Any:
-    """REDIS_MODE=cluster: a Redis Cluster client seeded with REDIS_URL's node; it learns
-    the others (and which holds each slot) from it, and follows MOVED and failovers.
+    """REDIS_MODE=cluster: a Redis Cluster client seeded with REDIS_URL's node and those
+    of REDIS_CLUSTER_NODES; it learns the others (and which holds each slot) from the
+    first that answers, and follows MOVED and failovers.
 
     It is typed Any: the node code calls it like a `Redis`, which it is not, although it
     answers every command the node uses (each names keys of one slot, keys.py)."""
     url = urlsplit(settings.redis_url)
     if url.path.strip("/") not in ("", "0"):
         raise ValueError("REDIS_MODE=cluster: Redis Cluster has only db 0 (REDIS_URL .../0)")
+    seeds = [(url.hostname or "127.0.0.1", url.port or 6379)]
+    seeds += host_ports(settings.redis_cluster_nodes, "REDIS_CLUSTER_NODES")
     return RedisCluster(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 6379,
+        # Any one of them that answers tells the client the whole cluster: a node that
+        # starts while the first is down (killed, failed over) still finds it.
+        startup_nodes=[ClusterNode(host, port) for host, port in dict.fromkeys(seeds)],
         username=url.username or None,
         password=url.password or None,
-        # Per node; past it a command waits for a free connection instead of failing.
+        # Per node. redis-py's cluster client has no waiting pool: past this a command
+        # fails (MaxConnectionsError) instead of waiting as the standalone client does.
         max_connections=max_connections,
         # A primary that died is replaced by its replica within the cluster's node
         # timeout: the client retries (refreshing the slot map) for that long.
@@ -108,7 +113,14 @@ class _SentinelRedis(Redis):  # type: ignore[misc]  # redis is Any to mypy (pypr
 
 
 def sentinel_addresses(value: str) -> list[tuple[str, int]]:
-    """`host:port,host:port` -> [(host, port), ...]; ValueError on a malformed entry."""
+    """REDIS_SENTINELS, `host:port,host:port` -> [(host, port), ...]; ValueError on a
+    malformed entry."""
+    return host_ports(value, "REDIS_SENTINELS")
+
+
+def host_ports(value: str, setting: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` -> [(host, port), ...]; ValueError naming `setting` on a
+    malformed entry."""
     addresses = []
     for item in value.split(","):
         item = item.strip()
@@ -116,6 +128,6 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
             continue
         host, sep, port = item.rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ValueError(f"REDIS_SENTINELS entries are host:port, not {item!r}")
+            raise ValueError(f"{setting} entries are host:port, not {item!r}")
         addresses.append((host.strip("[]"), int(port)))
     return addresses

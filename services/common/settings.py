@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     from it), and users are spread over REDIS_BUCKETS key buckets, each in one hash slot
     (keys.py, docs/redis-cluster.md). `standalone`: one Redis, or a primary found through
     REDIS_SENTINELS."""
+    redis_cluster_nodes: str = ""
+    """Cluster mode: comma-separated host:port of more nodes to learn the cluster from,
+    besides REDIS_URL's (a node that starts while that one is down asks these)."""
     redis_buckets: int = Field(default=64, ge=1, le=256)
     """Key buckets in cluster mode (at most this many shards are put to use). Fixed for
     the life of the data: a message id carries its bucket."""

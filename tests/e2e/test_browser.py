@@ -152,6 +152,11 @@ async def wait_streaming(page: Any, min_chars: int) -> dict[str, Any]:
     return [m for m in messages if m["role"] == "assistant"][-1]  # type: ignore[no-any-return]
 
 
+def bubble(page: Any, message_id: str) -> Any:
+    """The message element of `message_id`."""
+    return page.locator(f'[data-testid="message"][data-message-id="{message_id}"]')
+
+
 async def stored_history(cluster: Any, user: str, session: str) -> list[dict[str, Any]]:
     url = f"{cluster.public_url}/api/sessions/{session}/history"
     bearer = {"Authorization": "Bearer dev-token"}
@@ -196,7 +201,7 @@ async def test_an_answer_streams_and_renders_as_markdown(page: Any, cluster: Any
     assert await page.get_by_test_id("send-button").is_disabled()
     await page.get_by_test_id("stop-button").wait_for()
     answer = await wait_answer(page)
-    body = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
+    body = bubble(page, answer["messageId"])
     content = body.get_by_test_id("message-body")
     assert await content.locator("h2").count() == 1
     assert await content.locator("ul > li").count() == 3
@@ -228,11 +233,7 @@ async def test_a_reload_mid_answer_resumes_with_the_exact_text(page: Any, cluste
     answer = await wait_answer(page)
     assert len(partial["text"]) < len(expected)
     assert answer["text"] == expected
-    shown = (
-        await page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-        .get_by_test_id("message-body")
-        .inner_text()
-    )
+    shown = await bubble(page, answer["messageId"]).get_by_test_id("message-body").inner_text()
     assert " ".join(shown.split()) == expected  # every word once, in order
     stored = await stored_history(cluster, uid, session)
     assert [m["text"] for m in stored] == [prompt, expected]
@@ -250,18 +251,21 @@ async def test_kill9_of_the_clients_gateway_resumes_with_the_exact_text(
     await wait_streaming(page, 150)
     gateway = (await snapshot(page))["nodeId"]
     assert gateway in cluster.gateway_names
+    # Every state the banner shows, as the page renders it: the reconnect can take less
+    # than a frame, so polling the state could miss it.
+    await page.evaluate(
+        """() => { window.__bannerStates = [];
+        const banner = document.querySelector('[data-testid="connection-banner"]');
+        new MutationObserver(() => window.__bannerStates.push(banner.dataset.state))
+            .observe(banner, {attributes: true, attributeFilter: ['data-state']}); }"""
+    )
     cluster.kill9(gateway)
-    # The user sees the connection being re-established rather than a frozen answer.
-    await page.wait_for_function(
-        "() => window.__chat.snapshot().connection !== 'open'", timeout=10_000
-    )
     answer = await wait_answer(page, timeout=90_000)
+    # The user saw the connection being re-established rather than a frozen answer.
+    states = await page.evaluate("() => window.__bannerStates")
+    assert "reconnecting" in states and states[-1] == "open", states
     assert answer["text"] == expected
-    shown = (
-        await page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-        .get_by_test_id("message-body")
-        .inner_text()
-    )
+    shown = await bubble(page, answer["messageId"]).get_by_test_id("message-body").inner_text()
     assert " ".join(shown.split()) == expected
     assert (await snapshot(page))["nodeId"] != gateway
     stored = await stored_history(cluster, uid, session)
@@ -282,8 +286,8 @@ async def test_stop_keeps_the_partial_answer(page: Any, cluster: Any) -> None:
     assert expected.startswith(answer["text"])
     stored = await stored_history(cluster, uid, session)
     assert stored[-1]["text"] == answer["text"]
-    bubble = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-    assert await bubble.get_attribute("data-status") == "stopped"
+    message = bubble(page, answer["messageId"])
+    assert await message.get_attribute("data-status") == "stopped"
     # The user can ask again at once.
     await send(page, "echo again")
     assert (await wait_answer(page))["text"] == "again"
@@ -320,12 +324,12 @@ async def test_script_in_model_output_is_shown_not_run(page: Any, cluster: Any) 
     await send(page, "echo " + payload)
     answer = await wait_answer(page)
     assert answer["text"] == payload
-    bubble = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-    html = await bubble.get_by_test_id("message-body").inner_html()
+    message = bubble(page, answer["messageId"])
+    html = await message.get_by_test_id("message-body").inner_html()
     assert "<script" not in html
     assert not re.search(r"\son\w+=", html), html
     assert "javascript:" not in html
-    for link in await bubble.locator("a").all():
+    for link in await message.locator("a").all():
         await link.click(modifiers=["Control"], no_wait_after=True)
     assert await page.evaluate("() => window.__pwned") is None
     assert page.errors == []
@@ -418,8 +422,8 @@ async def test_no_worker_shows_a_waiting_state_then_a_sentence(
         notice = page.get_by_test_id("message-notice")
         await notice.get_by_text(re.compile("taking long", re.IGNORECASE)).wait_for(timeout=10_000)
         answer = await wait_answer(page, "error", timeout=30_000)
-        bubble = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-        said = await bubble.get_by_test_id("message-notice").inner_text()
+        message = bubble(page, answer["messageId"])
+        said = await message.get_by_test_id("message-notice").inner_text()
         assert "worker" in said.lower()
         assert "upstream_unavailable" not in said  # a sentence, not the code
         assert await page.get_by_test_id("send-button").is_disabled()  # empty composer
@@ -428,8 +432,8 @@ async def test_no_worker_shows_a_waiting_state_then_a_sentence(
         # From history (after a reload) the failed answer says it has no text, rather
         # than showing an empty bubble.
         await page.reload()
-        bubble = page.locator(f'[data-testid="message"][data-message-id="{answer["messageId"]}"]')
-        await bubble.get_by_test_id("message-notice").get_by_text("no text").wait_for()
+        message = bubble(page, answer["messageId"])
+        await message.get_by_test_id("message-notice").get_by_text("no text").wait_for()
     finally:
         strained_cluster.start_process(worker)
 

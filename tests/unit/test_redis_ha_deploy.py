@@ -107,6 +107,8 @@ def test_redis_mode_cluster_from_the_environment(tmp_path: Path) -> None:
     assert spec.cluster_node_ports == [6379, 7001, 7002, 7003, 7004, 7005]
     assert spec.cluster_bus_ports == [16379, 17001, 17002, 17003, 17004, 17005]
     assert spec.app_env("gateway-1")["REDIS_MODE"] == "cluster"
+    seeds = spec.app_env("gateway-1")["REDIS_CLUSTER_NODES"].split(",")
+    assert seeds == [f"127.0.0.1:{p}" for p in (6379, 7001, 7002, 7003, 7004, 7005)]
     assert spec.redis_data_names == ["redis", *(f"redis-{i}" for i in range(2, 7))]
     with pytest.raises(ValueError, match="REDIS_MODE=cluster with REDIS_HA"):
         ClusterSpec.from_env({"REDIS_MODE": "cluster", "REDIS_HA": "sentinel"})
