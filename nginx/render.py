@@ -72,6 +72,12 @@ class NginxLayout:
     """New requests (WebSocket handshakes, REST calls) one client address may make..."""
     handshake_burst: int = 100
     """...with this many at once above the rate (a reconnect after a restart)."""
+    streams_per_ip: str = "1000r/s"
+    """Durable Streams requests (/streams/) per client address: plain HTTP requests,
+    many per second from one reader or writer, so not the handshake limit."""
+    streams_burst: int = 2000
+    streams_max_body: int = 4 * 1024 * 1024
+    """DS_MAX_BODY_BYTES: nginx passes bodies up to it; the gateway answers 413 past it."""
     status_root: str = str(CHECKOUT / "status")
     """The status dashboard's static files (status/ in the checkout)."""
 
@@ -267,6 +273,9 @@ def _values(layout: NginxLayout) -> dict[str, str]:
         "conn_per_ip": str(layout.conn_per_ip),
         "handshakes_per_ip": layout.handshakes_per_ip,
         "handshake_burst": str(layout.handshake_burst),
+        "streams_per_ip": layout.streams_per_ip,
+        "streams_burst": str(layout.streams_burst),
+        "streams_max_body": str(layout.streams_max_body + 65536),
     }
 
 

@@ -27,6 +27,7 @@ spreads users over REDIS_BUCKETS buckets (docs/redis-cluster.md).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import zlib
 from dataclasses import dataclass
@@ -58,6 +59,12 @@ NO_TTL: tuple[str, ...] = (
     # as kafka_events_dropped). A TTL would reset the count.
     "events:outbox:dropped",
     "{b*}:events:outbox:dropped",
+    # Durable streams (docs/durable-streams.md) live until deleted or until their own
+    # Stream-TTL / Stream-Expires-At (then they get a key TTL); one without either is
+    # kept, as the protocol asks. Bounded per user by DS_MAX_STREAMS_PER_USER and
+    # DS_MAX_BYTES_PER_USER, checked by the create and append scripts.
+    "ds:*",
+    "{b*}:ds:*",
 )
 
 #: The most buckets a deployment may have: a message id carries its bucket in two hex
@@ -214,6 +221,43 @@ class Keys:
     def message_cancel(self, message_id: str) -> str:
         """String: present when the message was cancelled. MESSAGE_META_TTL."""
         return f"{self._msg(message_id)}msg:{message_id}:cancel"
+
+    # --- durable streams (docs/durable-streams.md) -------------------------------------
+    def ds_stream_id(self, user_id: str, path: str) -> str:
+        """The id of the user's durable stream at `path` (each user has a namespace of
+        paths): `d_` + the user's bucket (two hex digits) + 30 hex digits of a hash, so
+        `bucket_of_message` finds its bucket and the node relay can follow it."""
+        digest = hashlib.sha256(f"{user_id}\0{path}".encode()).hexdigest()[:30]
+        return f"d_{self.bucket_of_user(user_id):02x}{digest}"
+
+    def ds_prefix(self, stream_id: str) -> str:
+        """What precedes `ds:<id>:<part>` in the stream's bucket: the scripts build a
+        fork's source keys from it (`lua/lib/ds.lua`, `ds_key`; same bucket, one slot)."""
+        return self._msg(stream_id)
+
+    def ds_meta(self, stream_id: str) -> str:
+        """Hash: path, owner, content type, tail position, closed, TTL / expiry, fork
+        source and position, fork count, soft-deleted, Stream-Seq, the closing producer
+        tuple. Its TTL follows the stream's own (none without one)."""
+        return f"{self._msg(stream_id)}ds:{stream_id}:meta"
+
+    def ds_data(self, stream_id: str) -> str:
+        """Stream: the durable stream's data, entry id `0-<end position>` (bytes, or
+        messages in JSON mode), then `1-0` once closed (as a message stream)."""
+        return f"{self._msg(stream_id)}ds:{stream_id}:data"
+
+    def ds_producers(self, stream_id: str) -> str:
+        """Hash: idempotent producer id -> "epoch seq" (Producer-Id/-Epoch/-Seq)."""
+        return f"{self._msg(stream_id)}ds:{stream_id}:producers"
+
+    def ds_user_streams(self, user_id: str) -> str:
+        """Sorted set: the user's live durable stream ids, scored by expiry ms (+inf for
+        none): the stream quota counts it, pruning what expired."""
+        return f"{self._user(user_id)}ds:user:{user_id}:streams"
+
+    def ds_user_bytes(self, user_id: str) -> str:
+        """Hash: stream id -> bytes stored, and `_total`: the byte quota's count."""
+        return f"{self._user(user_id)}ds:user:{user_id}:bytes"
 
     # --- events -----------------------------------------------------------------------
     def events_outbox(self, bucket: int = 0) -> str:

@@ -117,6 +117,22 @@ class Settings(BaseSettings):
     overload_retry_after: float = Field(default=1.0, gt=0, le=60)
     """Seconds a refused client is told to wait (spread over 0.5-1.5x)."""
 
+    # --- durable streams over HTTP (services/durable, docs/durable-streams.md) -----------
+    ds_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    """The largest PUT/POST body a durable stream takes (413 past it); nginx's
+    client_max_body_size for /streams/ is rendered from it."""
+    ds_max_streams_per_user: int = Field(default=1_000, gt=0)
+    """Durable streams one user may hold at once (expired ones do not count)."""
+    ds_max_bytes_per_user: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Bytes one user's durable streams may hold together (413 past it)."""
+    ds_long_poll_timeout_s: float = Field(default=20.0, gt=0, le=120)
+    """How long a long-poll read waits for data before answering 204."""
+    ds_sse_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """An SSE read is closed after this long (the client reconnects from its offset), so
+    CDNs can collapse readers and a node's readers rebalance."""
+    ds_read_max_entries: int = Field(default=1_000, gt=0, le=100_000)
+    """Entries (messages in JSON mode, appends otherwise) one read returns at most."""
+
     # --- gateway -> worker -------------------------------------------------------------
     worker_url: str = "http://127.0.0.1:8081"
     """The internal nginx listener in front of the `ai_worker` upstream."""

@@ -1,6 +1,7 @@
 """The gateway's app factory: the lifespan builds the node and yields it as state.
 
 Routes: `/ws/chat` (endpoint.py, served beside FastAPI's stack, see `ChatFastPath`),
+Durable Streams at `/streams/` (services/durable, beside FastAPI's stack too),
 the REST surface under `/api/` (rest.py), the ops routes, and `/status/deps` (deps.py)
 for the status page. The node's long-lived loops (relay reader, stall watcher,
 notifier, state audit, admission's loop-lag sampler, and the event drainer unless
@@ -30,6 +31,8 @@ from services.common.overload import Admission, LoopLag
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
 from services.common.tasks import TaskSupervisor, watch_shutdown
+from services.durable.server import DurableStreams
+from services.durable.store import DurableStore
 from services.ws_gateway.audit import StateAudit
 from services.ws_gateway.context import NodeContext
 from services.ws_gateway.deps import DepsProbe, deps_router
@@ -105,9 +108,18 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                 on_message_started=hub.message_started,
                 on_session_changed=sessions.invalidate,
             )
+            # Durable streams' live reads are woken by a relay of their own (its own hub
+            # and wake streams): no stall watch or audit applies to them.
+            ds_relay = Relay(
+                redis, blocking, keys, f"{settings.node_id}.ds", Hub(), metrics, batch_s=0.0
+            )
+            durable = DurableStreams(
+                settings, DurableStore.from_settings(redis, settings), store, relay, ds_relay
+            )
             loops = TaskSupervisor()
             stack.push_async_callback(loops.close)
             loops.start("relay-reader", relay.run)
+            loops.start("durable-relay-reader", ds_relay.run)
             loops.start(
                 "stall-watcher", partial(driver.watch_stalls, hub, settings.stall_check_interval)
             )
@@ -124,7 +136,12 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                 settings, store, sessions, hub, relay, driver, notifier, metrics, admission, lag
             )
             stack.push_async_callback(watch_shutdown, settings.shutdown_timeout / 2)
-            yield {"ctx": ctx, "health": NodeHealth(redis, [loops.problem]), "deps": deps}
+            yield {
+                "ctx": ctx,
+                "health": NodeHealth(redis, [loops.problem]),
+                "deps": deps,
+                "durable": durable,
+            }
 
     app = FastAPI(lifespan=lifespan, title="ws_gateway")
     app.add_exception_handler(StorageError, storage_unavailable)

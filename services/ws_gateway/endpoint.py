@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 
 CHAT_PATH = "/ws/chat"
+#: Durable Streams (services/durable/server.py), also outside FastAPI's stack: its live
+#: reads are long and its headers are the protocol's.
+STREAMS_PREFIX = "/streams/"
 
 
 class ChatFastPath:
@@ -46,6 +49,9 @@ class ChatFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == CHAT_PATH:
             await chat(WebSocket(scope, receive, send))
+            return
+        if scope["type"] == "http" and scope["path"].startswith(STREAMS_PREFIX):
+            await scope["state"]["durable"](scope, receive, send)
             return
         await self.app(scope, receive, send)
 

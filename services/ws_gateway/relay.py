@@ -78,10 +78,14 @@ class Relay:
         """Called when Redis answers again after a failed read (it may have lost data)."""
         self._batch_s = batch_s
 
-    async def follow(self, message_id: str, member: Member, after_seq: int) -> None:
+    async def follow(
+        self, message_id: str, member: Member, after_seq: int, key: str | None = None
+    ) -> None:
         """Follow a stream: a new one from after `after_seq`, else from where the reader
-        is. Raises StorageError if the reader could not be woken."""
-        key = self._k.message_stream(message_id)
+        is. Raises StorageError if the reader could not be woken. `key` is the stream's
+        Redis key when it is not the message's chunk stream (a durable stream's data,
+        whose id carries its bucket as a message id does)."""
+        key = key or self._k.message_stream(message_id)
         if self._hub.follow(message_id, key, member, after_seq, time.monotonic()):
             wake_key = self._lane(self._k.bucket_of_message(message_id)).wake_key
             try:
