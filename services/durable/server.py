@@ -174,7 +174,9 @@ class AnswerSource:
         if not raw and start < meta.last_seq:
             raise HttpError(410, "the answer's chunks expired; its text is in the history")
         entries = [
-            p.Entry(e.seq, json.dumps({"seq": e.seq, "delta": e.delta}).encode())
+            p.Entry(
+                e.seq, json.dumps({"seq": e.seq, "delta": e.delta}, separators=(",", ":")).encode()
+            )
             for e in raw
             if isinstance(e, ChunkEntry)
         ]
@@ -563,6 +565,8 @@ class DurableStreams:
             start_message = {"status": 200, "headers": self._with(_h(headers))}
             await send({"type": "http.response.start", **start_message})
             ends = time.monotonic() + self.settings.ds_sse_max_s
+            # Past the client's cursor once (never backwards), then the current interval.
+            given = p.cursor(cursor)
             async with _until_disconnect(receive):
                 first = True
                 while True:
@@ -572,10 +576,9 @@ class DurableStreams:
                         if snap.entries:
                             chunk += p.sse_data(body, text=text)
                         if snap.entries or first or closed:
-                            cursor = p.cursor(cursor)
                             chunk += p.sse_control(
                                 p.format_offset(nxt),
-                                cursor_value=cursor,
+                                cursor_value=max(given, p.cursor(None), key=int),
                                 up_to_date=up_to_date,
                                 closed=closed,
                             )
