@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -244,5 +247,40 @@ async def test_an_answer_is_a_durable_stream_its_owner_alone_reads(cluster) -> N
                 assert refused.status_code == 405, method
             assert (await http.get(f"/answers/{mid}", **dev(user()))).status_code == 404
             assert (await http.get("/answers/m_nonexistent", **dev(uid))).status_code == 404
+    finally:
+        await client.close()
+
+
+def readme_curl() -> list[str]:
+    """The README's `curl -N` command for following an answer, as argv."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```sh\n(curl -N .*?)\n```", readme, re.S)
+    assert block is not None, "the README lost its curl -N example"
+    return shlex.split(block[1].replace("\\\n", " "))
+
+
+async def test_the_readmes_curl_follows_a_streaming_answer(cluster) -> None:
+    uid = user()
+    words = " ".join(f"r{i}" for i in range(40))
+    client, answer = await read_answer(cluster, uid, f"echo {words}", stop_after=1)
+    try:
+        argv = [
+            a.replace("http://localhost:8080", cluster.public_url)
+            .replace("MESSAGE_ID", answer.message_id)
+            .replace("user_id=test", f"user_id={uid}")
+            for a in readme_curl()
+        ]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0
+        text = out.decode()
+        chunks = [
+            c
+            for line in text.splitlines()
+            if line.startswith("data:[")
+            for c in json.loads(line[5:])
+        ]
+        assert "".join(c["delta"] for c in chunks) == words  # the whole answer, once
+        assert text.rstrip().endswith('"streamClosed":true}')
     finally:
         await client.close()
