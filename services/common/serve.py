@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from types import FrameType
 
 import uvicorn
 
 from services.common.safety import install_log_redaction, startup_problems
 from services.common.settings import Settings
+from services.common.tasks import begin_drain
 
 
 def listening_socket(host: str, port: int, send_buffer: int) -> socket.socket:
@@ -65,4 +67,14 @@ def serve(factory: str, default_port: int) -> None:
         forwarded_allow_ips="127.0.0.1",
     )
     sock = listening_socket(args.host, args.port, settings.socket_send_buffer_bytes)
-    uvicorn.Server(config).run(sockets=[sock])
+    _DrainingServer(config).run(sockets=[sock])
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also tells the app's long-lived responses (SSE and
+    long-poll reads of durable streams) that the node is shutting down, so they end
+    at once and their clients resume elsewhere (`tasks.on_drain`)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        begin_drain()
+        super().handle_exit(sig, frame)

@@ -70,6 +70,26 @@ def task_stacks(limit: int = 40) -> str:
 _watches: set[asyncio.Task[None]] = set()
 
 
+_drain_callbacks: list[Callable[[], None]] = []
+
+
+def on_drain(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` when the node starts shutting down (SIGTERM/SIGINT), before the
+    server waits for its open requests: a long-lived response ends then instead of
+    holding the shutdown for the whole graceful timeout. Returns a remover."""
+    _drain_callbacks.append(callback)
+    return lambda: _drain_callbacks.remove(callback) if callback in _drain_callbacks else None
+
+
+def begin_drain() -> None:
+    """The node is shutting down (called from the server's signal handler)."""
+    for callback in list(_drain_callbacks):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - one callback must not stop the others
+            log.exception("a drain callback failed")
+
+
 async def watch_shutdown(after: float) -> None:
     """Start a watchdog for a node's shutdown: if the process is still running `after`
     seconds later, log where every task waits (a step that swallowed its cancellation

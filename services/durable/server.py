@@ -206,6 +206,8 @@ class DurableStreams:
         self.relay = relay
         self.ds_relay = ds_relay
         self.subscriptions = Subscriptions()
+        self.draining = False
+        self._live: set[Waiter] = set()
         self._base: Headers = [
             (b"x-content-type-options", b"nosniff"),
             (b"cross-origin-resource-policy", b"cross-origin"),
@@ -215,6 +217,19 @@ class DurableStreams:
             (b"access-control-expose-headers", EXPOSE.encode()),
             (b"x-served-by", settings.node_id.encode()),
         ]
+
+    def drain(self) -> None:
+        """The node is shutting down: live reads end now (an SSE stream after what it
+        has, a long-poll with what it has or 204) and their clients resume elsewhere."""
+        self.draining = True
+        for waiter in list(self._live):
+            waiter.on_lost("")
+
+    def _watch(self, waiter: Waiter) -> Waiter:
+        if self.draining:
+            waiter.lost = True
+        self._live.add(waiter)
+        return waiter
 
     # --- the ASGI entry ------------------------------------------------------------------
 
@@ -497,7 +512,7 @@ class DurableStreams:
     async def _long_poll(
         self, receive: Receive, send: Send, source: Source, start: int | None, cursor: str | None
     ) -> None:
-        waiter = Waiter()
+        waiter = self._watch(Waiter())
         deadline = time.monotonic() + self.settings.ds_long_poll_timeout_s
         await source.follow(waiter)
         try:
@@ -518,6 +533,7 @@ class DurableStreams:
                     await waiter.wait(left)
         finally:
             source.unfollow(waiter)
+            self._live.discard(waiter)
         assert start is not None
         nxt, body, up_to_date, closed = _page(start, snap)
         out = {"Stream-Next-Offset": p.format_offset(nxt)}
@@ -546,7 +562,7 @@ class DurableStreams:
         start: int | None,
         cursor: str | None,
     ) -> None:
-        waiter = Waiter()
+        waiter = self._watch(Waiter())
         await source.follow(waiter)
         try:
             snap = await source.read(start, touch=True)
@@ -599,6 +615,7 @@ class DurableStreams:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             source.unfollow(waiter)
+            self._live.discard(waiter)
 
     # --- plumbing --------------------------------------------------------------------------
 

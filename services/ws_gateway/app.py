@@ -30,7 +30,7 @@ from services.common.ops import NodeHealth, ops_router
 from services.common.overload import Admission, LoopLag
 from services.common.redis_client import redis_from_settings
 from services.common.settings import Settings
-from services.common.tasks import TaskSupervisor, watch_shutdown
+from services.common.tasks import TaskSupervisor, on_drain, watch_shutdown
 from services.durable.server import DurableStreams
 from services.durable.store import DurableStore
 from services.ws_gateway.audit import StateAudit
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
             durable = DurableStreams(
                 settings, DurableStore.from_settings(redis, settings), store, relay, ds_relay
             )
+            stack.callback(on_drain(durable.drain))
             loops = TaskSupervisor()
             stack.push_async_callback(loops.close)
             loops.start("relay-reader", relay.run)

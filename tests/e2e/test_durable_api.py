@@ -284,3 +284,49 @@ async def test_the_readmes_curl_follows_a_streaming_answer(cluster) -> None:
         assert text.rstrip().endswith('"streamClosed":true}')
     finally:
         await client.close()
+
+
+async def test_a_gateway_shutting_down_ends_its_live_reads_at_once(cluster) -> None:
+    """SIGTERM: an SSE read and a long-poll on the gateway end at once (their clients
+    resume elsewhere by offset), not after the graceful shutdown's timeout."""
+    uid = user()
+    opts = dev(uid)
+    name = cluster.gateway_names[-1]
+    async with streams(cluster, cluster.node_url(name)) as http:
+        made = await http.put(
+            "/draining",
+            headers={**opts["headers"], "Content-Type": "text/plain"},
+            params=opts["params"],
+        )
+        tail = made.headers["stream-next-offset"]
+        opened = asyncio.Event()
+
+        async def sse() -> str:
+            params = {**opts["params"], "offset": tail, "live": "sse"}
+            seen = ""
+            async with http.stream("GET", "/draining", params=params, headers=opts["headers"]) as r:
+                async for line in r.aiter_lines():
+                    seen += line + "\n"
+                    opened.set()
+            return seen
+
+        reader = asyncio.create_task(sse())
+        poll = asyncio.create_task(
+            http.get(
+                "/draining",
+                params={**opts["params"], "offset": tail, "live": "long-poll"},
+                headers=opts["headers"],
+            )
+        )
+        await asyncio.wait_for(opened.wait(), 10)
+        started = time.monotonic()
+        cluster.sigterm(name)
+        seen = await asyncio.wait_for(reader, 30)
+        polled = await asyncio.wait_for(poll, 30)
+        took = time.monotonic() - started
+    try:
+        assert '"upToDate":true' in seen and "streamClosed" not in seen
+        assert polled.status_code == 204 and polled.headers["stream-next-offset"] == tail
+        assert took < Settings().shutdown_timeout / 2, took
+    finally:
+        cluster.wait_healthy(name, timeout=30)
