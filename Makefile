@@ -44,9 +44,17 @@ $(FRONTEND_DEPS): frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund
 	@touch $@
 
+# The Durable Streams conformance suite, the reference server and the SSE follower
+# (tests/durable_streams/, pinned in its lockfile), for tests/e2e/test_durable_streams.py.
+DS_TEST_DEPS := tests/durable_streams/node_modules/.package-lock.json
+
+$(DS_TEST_DEPS): tests/durable_streams/package-lock.json
+	cd tests/durable_streams && npm ci --no-audit --no-fund
+	@touch $@
+
 # The app's unit tests (vitest), the status page's (node --test), then pytest: unit,
 # integration and e2e, the browser tests among them (they build the app if needed).
-test: $(STAMP) $(FRONTEND_DEPS)
+test: $(STAMP) $(FRONTEND_DEPS) $(DS_TEST_DEPS)
 	cd frontend && npm test
 	node --test status/
 	$(VENV)/bin/pytest

@@ -155,7 +155,8 @@ async def test_a_live_read_on_one_gateway_wakes_on_an_append_through_another(clu
         assert woken.status_code == 200 and woken.text == "hello"
         assert woken.headers["x-served-by"] == cluster.gateway_names[0]
         # Woken by the append, not by the long-poll's timeout.
-        assert time.monotonic() - started < Settings().ds_long_poll_timeout_s / 2
+        timeout = float(cluster.spec.extra_env["DS_LONG_POLL_TIMEOUT_S"])
+        assert time.monotonic() - started < timeout / 2
 
         # An SSE reader on the first gateway sees appends made through the third, in
         # order, each once, and the close.
