@@ -87,7 +87,7 @@ lint: $(STAMP) $(FRONTEND_DEPS) $(KUSTOMIZE)
 # Issue 8: ours next to a bare uvicorn ceiling and a python-socketio peer, same load
 # generator; results in bench-results/<timestamp>/. BENCH_QUICK=1 for small sizes
 # (about two minutes); BENCH_ARGS adds options (python -m tests.bench --help).
-bench: $(STAMP)
+bench: $(STAMP) $(DS_TEST_DEPS)
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 # Issue 7: 100 clients for ~3 minutes of seeded faults on a cluster of its own (free

@@ -13,11 +13,18 @@ load generator, tests/bench/loadgen.py, from many 127.x.y.1 sources):
   every answer must still end exactly once with exact usage, none silent for long;
   the run counts what admission refused (`busy` + `retry_after`, sent again by the
   clients) and how long that made them wait.
+- `http`: the Durable Streams HTTP interface, ours (`/streams/` through nginx) next to
+  the reference server (`@durable-streams/server`, Node): appends/s of N writers, and
+  SSE messages delivered/s to M readers while writers append, every message exactly
+  once and in order (tests/bench/http_streams.py).
 
 Results go to bench-results/<timestamp>/: results.json, summary.md and PNG plots.
 `BENCH_QUICK=1` (or --quick) runs small sizes in about a minute or two; `--smoke` the
-smallest, for `make test` (no timing is asserted anywhere). Traffic goes to 127.0.0.0/8
-only; every target is stopped at the end, whatever happened.
+smallest, for `make test` (no timing is asserted anywhere), with shorter answers, two
+gateways and two workers, and each system started once for all the scenarios that run
+on it with the same model (`--reuse-targets`; a full run starts every system afresh
+for each scenario). Traffic goes to 127.0.0.0/8 only; every target is stopped at the
+end, whatever happened.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,22 +50,36 @@ from typing import Any
 from redis.asyncio import Redis
 
 from deploy.cluster import Cluster, ClusterSpec
+from deploy.tokens import mint, resolve_secret
 from services.common.keys import Keys
 from tests.bench import procstats
 from tests.bench.baselines.launch import start_bare, start_socketio
+from tests.bench.http_streams import HttpSizes, http_run, reference_version, start_reference
 from tests.bench.loadgen import StreamsResult, Summary, hold_idle, run_streams, summarize
 from tests.bench.report import write_report
-from tests.bench.targets import CHAT_V1, FULL_SPEED, PACED, ModelShape, Target
+from tests.bench.targets import (
+    CHAT_V1,
+    DURABLE_STREAMS,
+    FULL_SPEED,
+    PACED,
+    ModelShape,
+    Target,
+)
 from tests.chat_client import Answer, ChatClient
 from tests.conftest import ClusterHandle
 
-SCENARIOS = ("paced", "fullspeed", "idle", "failover", "overload")
+SCENARIOS = ("paced", "fullspeed", "idle", "failover", "overload", "http")
 #: Ours only: the baselines have no failover, and no admission to measure under overload.
 OURS_ONLY = ("failover", "overload")
 #: An answer silent this long (before its first chunk once accepted, or between two
 #: chunks) counts as stalled in the overload scenario.
 STALL_S = 5.0
-TARGETS = ("ours", "bare", "socketio")
+TARGETS = ("ours", "bare", "socketio", "reference")
+#: The WebSocket chat systems, and the Durable Streams HTTP servers (`http` only).
+CHAT_TARGETS = ("ours", "bare", "socketio")
+HTTP_TARGETS = ("ours", "reference")
+#: ours' process kinds that serve the Durable Streams HTTP interface (CPU counted).
+HTTP_KINDS = ("gateway", "nginx", "redis")
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,28 @@ class Sizes:
     idle_hold_s: float
     failover_rounds: int
     overload_streams: int
+    http: HttpSizes
+    nodes: int = 3
+    """Gateways and workers of ours (and servers and workers of the socket.io peer)."""
+    paced: ModelShape = PACED
+    fullspeed: ModelShape = FULL_SPEED
 
 
-FULL = Sizes(1000, 100, 10_000, 10.0, 10, 3000)
-QUICK = Sizes(100, 20, 1000, 3.0, 3, 300)
-SMOKE = Sizes(4, 2, 20, 0.5, 1, 6)
+FULL = Sizes(1000, 100, 10_000, 10.0, 10, 3000, HttpSizes(16, 10.0, 1_000_000, 16, 64, 1000))
+QUICK = Sizes(100, 20, 1000, 3.0, 3, 300, HttpSizes(8, 3.0, 1_000_000, 8, 32, 300))
+SMOKE = Sizes(
+    4,
+    2,
+    20,
+    0.5,
+    1,
+    6,
+    HttpSizes(2, 0.5, 200, 2, 4, 40),
+    nodes=2,
+    # Answers of about a second: the code path is the same, the waits are shorter.
+    paced=replace(PACED, min_tokens=40, max_tokens=40),
+    fullspeed=replace(FULL_SPEED, min_tokens=300, max_tokens=300),
+)
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -84,40 +122,125 @@ def _kind(name: str) -> str:
     return name.split("-")[0] if re.fullmatch(r"(gateway|worker)-\d+", name) else name
 
 
+def cluster_pids(cluster: Cluster) -> dict[str, list[int]]:
+    """The cluster's running processes by kind (now: a killed node comes back anew)."""
+    pids: dict[str, list[int]] = {}
+    for name, pid in cluster.pids().items():
+        if pid:
+            pids.setdefault(_kind(name), []).append(pid)
+    return pids
+
+
 @contextmanager
-def ours(shape: ModelShape, run_root: Path) -> Iterator[tuple[Target, Cluster]]:
+def ours(shape: ModelShape, run_root: Path, nodes: int = 3) -> Iterator[tuple[Target, Cluster]]:
     spec = ClusterSpec.on_free_ports(
         Path(tempfile.mkdtemp(prefix="ours-", dir=run_root)),
-        3,
-        3,
+        nodes,
+        nodes,
         extra_env={"AUTH_DEV_MODE": "true", **shape.env()},
     )
     cluster = Cluster(spec, out=lambda _line: None)
     try:
         if not cluster.up():
             raise RuntimeError(f"our cluster did not come up (logs in {spec.run_dir}/logs)")
-        pids: dict[str, list[int]] = {}
-        for name, pid in cluster.pids().items():
-            if pid:
-                pids.setdefault(_kind(name), []).append(pid)
         url = f"ws://127.0.0.1:{spec.public_port}/ws/chat"
-        yield Target("ours", CHAT_V1, url, pids), cluster
+        yield Target("ours", CHAT_V1, url, cluster_pids(cluster)), cluster
     finally:
         cluster.stop()
 
 
+def ours_http(cluster: Cluster) -> Target:
+    """ours as a Durable Streams server: `/streams` through nginx, a JWT of the
+    cluster's secret, CPU of the gateways, nginx and Redis."""
+    spec = cluster.spec
+    secret, _ = resolve_secret(spec.run_dir, explicit=spec.extra_env.get("JWT_SECRET"))
+    pids = {k: v for k, v in cluster_pids(cluster).items() if k in HTTP_KINDS}
+    url = f"http://127.0.0.1:{spec.public_port}/streams"
+    return Target("ours", DURABLE_STREAMS, url, pids, token=mint(secret, "bench", ttl=3600))
+
+
 @contextmanager
 def started(
-    name: str, shape: ModelShape, run_root: Path
+    name: str, shape: ModelShape, run_root: Path, nodes: int = 3, storage: str = "memory"
 ) -> Iterator[tuple[Target, Cluster | None]]:
     if name == "ours":
-        with ours(shape, run_root) as (target, cluster):
+        with ours(shape, run_root, nodes) as (target, cluster):
             yield target, cluster
         return
-    start = start_bare if name == "bare" else start_socketio
-    baseline = start(shape, Path(tempfile.mkdtemp(prefix=f"{name}-", dir=run_root)))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=run_root))
+    if name == "reference":
+        with start_reference(run_dir, storage) as reference:
+            yield reference.target, None
+        return
+    if name == "bare":
+        baseline = start_bare(shape, run_dir)
+    else:
+        baseline = start_socketio(shape, run_dir, nodes, nodes)
     with baseline:
         yield baseline.target, None
+
+
+class Systems:
+    """Starts the system each run needs; with `reuse`, the one running is kept for the
+    next run that wants the same system with the same model (the reference server has
+    no model), instead of being stopped and started again."""
+
+    def __init__(self, run_root: Path, sizes: Sizes, reuse: bool, storage: str) -> None:
+        self.run_root, self.sizes, self.reuse, self.storage = run_root, sizes, reuse, storage
+        self._stack: ExitStack | None = None
+        self._key: tuple[str, ModelShape | None] | None = None
+        self._running: tuple[Target, Cluster | None] | None = None
+
+    def get(self, name: str, shape: ModelShape) -> tuple[Target, Cluster | None]:
+        key = (name, None if name == "reference" else shape)
+        if self._running is not None and self._key == key:
+            target, cluster = self._running
+            if cluster is not None:  # failover replaces nodes: count the ones running now
+                target = replace(target, pids=cluster_pids(cluster))
+            return target, cluster
+        self.close()
+        stack = ExitStack()
+        try:
+            context = started(name, shape, self.run_root, self.sizes.nodes, self.storage)
+            self._running = stack.enter_context(context)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._key = stack, key
+        return self._running
+
+    def done(self, failed: bool) -> None:
+        """After a run: stop the system unless it is kept (a run that failed may have
+        left it broken, so it is never kept)."""
+        if failed or not self.reuse:
+            self.close()
+
+    def close(self) -> None:
+        stack, self._stack, self._key, self._running = self._stack, None, None, None
+        if stack is not None:
+            stack.close()
+
+
+def plan(scenarios: list[str], targets: list[str], reuse: bool) -> list[tuple[str, str]]:
+    """(scenario, target) runs, in scenario order; with `reuse`, grouped so that runs on
+    the same system with the same model follow each other: by target, paced model first,
+    failover last on its cluster (it kills nodes)."""
+    runs = [
+        (s, t)
+        for s in scenarios
+        for t in targets
+        if t in (("ours",) if s in OURS_ONLY else HTTP_TARGETS if s == "http" else CHAT_TARGETS)
+    ]
+    if reuse:
+        runs.sort(
+            key=lambda r: (
+                TARGETS.index(r[1]),
+                r[0] == "fullspeed",
+                r[0] == "failover",
+                SCENARIOS.index(r[0]),
+            )
+        )
+    return runs
 
 
 # --- scenarios -------------------------------------------------------------------------
@@ -249,7 +372,9 @@ def gateway_delays(cluster: Cluster) -> dict[float, float]:
     return total
 
 
-def idle_run(target: Target, connections: int, hold_s: float, procs: int, progress: bool) -> dict:
+def idle_run(
+    target: Target, connections: int, hold_s: float, procs: int, progress: bool
+) -> dict[str, Any]:
     """Hold `connections` sockets; RSS growth per connection by process kind."""
     before = procstats.snapshot(target.pids)
     during: list[procstats.Snapshot] = []
@@ -337,14 +462,21 @@ async def failover_run(cluster: Cluster, rounds: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Path:
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
-    sizes = Sizes(
-        args.paced_streams or sizes.paced_streams,
-        args.fullspeed_streams or sizes.fullspeed_streams,
-        args.idle or sizes.idle_connections,
-        sizes.idle_hold_s,
-        args.rounds or sizes.failover_rounds,
-        args.overload_streams or sizes.overload_streams,
+    sizes = replace(
+        sizes,
+        paced_streams=args.paced_streams or sizes.paced_streams,
+        fullspeed_streams=args.fullspeed_streams or sizes.fullspeed_streams,
+        idle_connections=args.idle or sizes.idle_connections,
+        failover_rounds=args.rounds or sizes.failover_rounds,
+        overload_streams=args.overload_streams or sizes.overload_streams,
+        http=replace(
+            sizes.http,
+            writers=args.http_writers or sizes.http.writers,
+            sse_writers=args.http_writers or sizes.http.sse_writers,
+            sse_readers=args.http_readers or sizes.http.sse_readers,
+        ),
     )
+    reuse = args.smoke if args.reuse_targets is None else args.reuse_targets
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -355,47 +487,69 @@ def run(args: argparse.Namespace) -> Path:
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "sizes": asdict(sizes),
+        "reuse_targets": reuse,
         "scenarios": {},
     }
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     failures: list[str] = []
     for scenario in args.scenarios:
-        shape = FULL_SPEED if scenario == "fullspeed" else PACED
-        got: dict[str, Any] = {"shape": asdict(shape), "targets": {}}
-        results["scenarios"][scenario] = got
-        targets = ["ours"] if scenario in OURS_ONLY else args.targets
-        for name in targets:
+        shape = sizes.fullspeed if scenario == "fullspeed" else sizes.paced
+        described = {"storage": args.ds_storage} if scenario == "http" else {"shape": asdict(shape)}
+        results["scenarios"][scenario] = described | {"targets": {}}
+    systems = Systems(run_root, sizes, reuse, args.ds_storage)
+    try:
+        for scenario, name in plan(args.scenarios, args.targets, reuse):
+            got = results["scenarios"][scenario]["targets"]
+            shape = sizes.fullspeed if scenario == "fullspeed" else sizes.paced
             say(f"bench: {scenario} on {name}")
+            failed = False
             try:
-                with started(name, shape, run_root) as (target, cluster):
-                    if scenario == "failover":
-                        assert cluster is not None
-                        got["targets"][name] = asyncio.run(
-                            failover_run(cluster, sizes.failover_rounds)
-                        )
-                    elif scenario == "idle":
-                        got["targets"][name] = idle_run(
-                            target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress
-                        )
-                    else:
-                        streams = {
-                            "paced": sizes.paced_streams,
-                            "fullspeed": sizes.fullspeed_streams,
-                            "overload": sizes.overload_streams,
-                        }[scenario]
-                        delays = partial(gateway_delays, cluster) if cluster else None
-                        got["targets"][name] = streams_run(
-                            target, shape, streams, args.procs, progress, delays
-                        )
+                target, cluster = systems.get(name, shape)
+                got[name] = one_run(scenario, target, cluster, shape, sizes, args, progress)
             except Exception as exc:  # noqa: BLE001 - one system failing is a result too
                 # Recorded and reported; the other targets and scenarios still run.
-                got["targets"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                got[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                 failures.append(f"{scenario} on {name}")
-            say(f"bench: {scenario} on {name}: {_headline(got['targets'][name])}")
+                failed = True
+            systems.done(failed)
+            say(f"bench: {scenario} on {name}: {_headline(got[name])}")
             results["failed_runs"] = failures
             (out / "results.json").write_text(json.dumps(results, indent=1))
+    finally:
+        systems.close()
+    results["failed_runs"] = failures
     write_report(results, out)
     return out
+
+
+def one_run(
+    scenario: str,
+    target: Target,
+    cluster: Cluster | None,
+    shape: ModelShape,
+    sizes: Sizes,
+    args: argparse.Namespace,
+    progress: bool,
+) -> dict[str, Any]:
+    """One scenario on one running system."""
+    if scenario == "failover":
+        assert cluster is not None
+        return asyncio.run(failover_run(cluster, sizes.failover_rounds))
+    if scenario == "idle":
+        return idle_run(target, sizes.idle_connections, sizes.idle_hold_s, args.procs, progress)
+    if scenario == "http" and cluster is not None:
+        server = f"{sizes.nodes} gateways behind nginx, Redis"
+        return {"server": server} | http_run(ours_http(cluster), sizes.http)
+    if scenario == "http":
+        server = f"@durable-streams/server {reference_version()}, {args.ds_storage}"
+        return {"server": server} | http_run(target, sizes.http)
+    streams = {
+        "paced": sizes.paced_streams,
+        "fullspeed": sizes.fullspeed_streams,
+        "overload": sizes.overload_streams,
+    }[scenario]
+    delays = partial(gateway_delays, cluster) if cluster else None
+    return streams_run(target, shape, streams, args.procs, progress, delays)
 
 
 def _headline(r: dict[str, Any]) -> str:
@@ -408,6 +562,12 @@ def _headline(r: dict[str, Any]) -> str:
         )
     if "rss_kib_per_connection" in r:
         return f"{r['connected']}/{r['requested']} held, {r['rss_kib_per_connection']} KiB/conn"
+    if "sse" in r:
+        a, s = r["appends"], r["sse"]
+        return (
+            f"{a['appends_per_s']:,.0f} appends/s, {s['delivered_per_s']:,.0f} SSE messages/s; "
+            f"lost {a['lost'] + s['lost']}, duplicated {a['duplicated'] + s['duplicated']}"
+        )
     return json.dumps(r)[:200]
 
 
@@ -426,6 +586,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=0, help="idle connections")
     parser.add_argument("--rounds", type=int, default=0, help="failover rounds")
     parser.add_argument("--overload-streams", type=int, default=0)
+    parser.add_argument("--http-writers", type=int, default=0, help="http: writers (streams)")
+    parser.add_argument("--http-readers", type=int, default=0, help="http: SSE readers")
+    parser.add_argument(
+        "--ds-storage",
+        choices=("memory", "file"),
+        default="memory",
+        help="the reference server's storage (file: LMDB and logs in the run directory)",
+    )
+    parser.add_argument(
+        "--reuse-targets",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start each system once for its scenarios with the same model (default: "
+        "with --smoke only)",
+    )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 BASELINES = ("bare", "socketio")
-LABEL = {"ours": "this project", "bare": "bare uvicorn (ceiling)", "socketio": "socket.io peer"}
+LABEL = {
+    "ours": "this project",
+    "bare": "bare uvicorn (ceiling)",
+    "socketio": "socket.io peer",
+    "reference": "reference server (Node)",
+}
 
 
 def _get(d: dict[str, Any] | None, *path: str) -> Any:
@@ -63,22 +68,96 @@ ROWS: list[tuple[str, str, tuple[str, ...], str, int]] = [
 ]
 
 
+#: The `http` scenario: (row label, path in a target's result, unit, digits).
+HTTP_ROWS: list[tuple[str, tuple[str, ...], str, int]] = [
+    ("appends/s", ("appends", "appends_per_s"), "", 0),
+    ("append latency p50", ("appends", "latency_ms", "p50"), " ms", 2),
+    ("append latency p99", ("appends", "latency_ms", "p99"), " ms", 2),
+    ("server CPU per 1,000 appends", ("appends", "cpu_s_per_1000_appends", "total"), " s", 3),
+    ("SSE: messages delivered/s", ("sse", "delivered_per_s"), "", 0),
+    ("SSE: appends/s while followed", ("sse", "appends_per_s"), "", 0),
+    ("SSE: append -> delivery p50", ("sse", "delivery_ms", "p50"), " ms", 1),
+    ("SSE: append -> delivery p99", ("sse", "delivery_ms", "p99"), " ms", 1),
+    ("SSE: server CPU per 1,000 delivered", ("sse", "cpu_s_per_1000_delivered", "total"), " s", 3),
+    ("load generator CPU, appends", ("appends", "client_cpu_s"), " s", 2),
+    ("load generator CPU, SSE", ("sse", "client_cpu_s"), " s", 2),
+]
+
+
+def _shape_text(shape: dict[str, Any] | None) -> str:
+    if not shape:
+        return "-"
+    tokens, pace = shape.get("max_tokens"), shape.get("tokens_per_second") or 0
+    if not pace:
+        return f"{tokens:,} one-token chunks as fast as they go"
+    return (
+        f"{tokens:,}-token answers at {pace:g} tokens/s, {shape.get('batch_flush_ms'):g} ms / "
+        f"{shape.get('batch_max_tokens')}-token batches"
+    )
+
+
+def http_markdown(scen: dict[str, Any]) -> list[str]:
+    """The `http` scenario: ours and the reference server side by side."""
+    http = _get(scen, "http") or {}
+    targets = http.get("targets") or {}
+    if not targets:
+        return []
+    names = ("ours", "reference")
+    lines = [
+        "",
+        "**Durable Streams over HTTP** (`http`: ours at `/streams/` through nginx, the "
+        f"reference server's storage: {http.get('storage')}):",
+        "",
+        "| | " + " | ".join(LABEL[t] for t in names) + " | ours / reference |",
+        "|---|---|---|---|",
+    ]
+    for label, path, unit, digits in HTTP_ROWS:
+        values = [_get(targets.get(t), *path) for t in names]
+        cells = [_fmt(v, unit, digits) for v in values]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_ratio(*values)} |")
+    for name in names:
+        r = targets.get(name)
+        if not r:
+            continue
+        if "error" in r:
+            lines += ["", f"**http, {name}: failed:** {r['error'][:500]}"]
+            continue
+        a, e = r.get("appends", {}), r.get("sse", {})
+        lines += [
+            "",
+            f"**http, {name}** ({r.get('server')}): {a.get('writers')} writers, "
+            f"{a.get('appends'):,} appends in {a.get('measured_s')} s, read back: "
+            f"lost {a.get('lost')}, duplicated {a.get('duplicated')}, out of order "
+            f"{a.get('out_of_order')}. SSE: {e.get('writers')} writers x "
+            f"{e.get('messages_per_writer')} messages, {e.get('readers')} readers: "
+            f"{e.get('delivered'):,} delivered of {e.get('expected'):,}, lost {e.get('lost')}, "
+            f"duplicated {e.get('duplicated')}, out of order {e.get('out_of_order')}, "
+            f"unacknowledged {e.get('unacknowledged')}, readers incomplete "
+            f"{e.get('readers_incomplete')}, reconnects {e.get('reconnects')}. Rate limited "
+            f"(429) {a.get('rate_limited')} + {e.get('rate_limited')}; errors "
+            f"{json.dumps(a.get('errors'))} {json.dumps(e.get('errors'))}; CPU of "
+            f"{', '.join(r.get('cpu_of', []))}.",
+        ]
+    return lines
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     scen = results.get("scenarios", {})
     sizes = results.get("sizes", {})
+    models = [
+        f"{title}: {_shape_text(_get(scen, scenario, 'shape'))}"
+        for title, scenario in (("Paced", "paced"), ("full speed", "fullspeed"))
+        if _get(scen, scenario, "shape")
+    ]
     lines = [
         f"# make bench, {results.get('started')} ({results.get('mode')} mode)",
         "",
         f"{results.get('machine', {}).get('cpus')} CPUs, Python "
-        f"{results.get('machine', {}).get('python')}; sizes: {json.dumps(sizes)}. Paced: "
-        "200-token answers at 40 tokens/s, 25 ms / 16-token batches; full speed: 1,000 "
-        "one-token chunks. Each client on its own loopback address; load generator on "
-        "the same machine.",
-        "",
-        "| | " + " | ".join(LABEL[t] for t in ("ours", *BASELINES)) + " | ours / bare | "
-        "ours / socket.io |",
-        "|---|---|---|---|---|---|",
+        f"{results.get('machine', {}).get('python')}; sizes: {json.dumps(sizes)}. "
+        + ("; ".join(models) + ". " if models else "")
+        + "Each client on its own loopback address; load generator on the same machine.",
     ]
+    table = []
     for label, scenario, path, unit, digits in ROWS:
         targets = _get(scen, scenario, "targets") or {}
         if not targets:
@@ -91,11 +170,19 @@ def summary_markdown(results: dict[str, Any]) -> str:
             ]
         else:
             cells = [_fmt(v, unit, digits) for v in values]
-        lines.append(
+        table.append(
             f"| {label} | "
             + " | ".join(cells)
             + f" | {_ratio(values[0], values[1])} | {_ratio(values[0], values[2])} |"
         )
+    if table:
+        lines += [
+            "",
+            "| | " + " | ".join(LABEL[t] for t in ("ours", *BASELINES)) + " | ours / bare | "
+            "ours / socket.io |",
+            "|---|---|---|---|---|---|",
+            *table,
+        ]
     for scenario in ("paced", "fullspeed"):
         ours = _get(scen, scenario, "targets", "ours")
         if ours:
@@ -147,6 +234,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"**idle, ours:** KiB per connection by kind "
             f"{json.dumps(idle.get('rss_kib_per_connection'))}.",
         ]
+    lines += http_markdown(scen)
     failed = results.get("failed_runs") or []
     if failed:
         lines += ["", f"**Runs that failed** (error in results.json): {', '.join(failed)}."]

@@ -26,6 +26,9 @@ open `0{...}`, connect `40`, events `42["name", {...}]`, ping `2` / pong `3`. Th
 client emits `chat` {text, client_msg_id}; the server emits `ack` {client_msg_id,
 message_id}, `chunk` {message_id, seq, delta, t} and `done` {message_id, last_seq,
 finish_reason, usage}."""
+DURABLE_STREAMS = "durable-streams"
+"""The Durable Streams HTTP protocol (tests/bench/http_streams.py): PUT create, POST
+append, GET `offset=&live=sse` at `{url}/{path}`, `Authorization: Bearer {token}`."""
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,18 @@ class Target:
     """A running system to drive. Picklable: it goes to the load generator processes."""
 
     name: str
-    """"ours", "bare" or "socketio"."""
+    """"ours", "bare", "socketio" or "reference" (the Durable Streams reference server)."""
     protocol: str
-    """CHAT_V1 or SOCKETIO."""
+    """CHAT_V1, SOCKETIO or DURABLE_STREAMS."""
     url: str
     """CHAT_V1: ws://127.0.0.1:PORT/ws/chat (the load generator adds the query);
-    SOCKETIO: ws://127.0.0.1:PORT/socket.io/?EIO=4&transport=websocket."""
+    SOCKETIO: ws://127.0.0.1:PORT/socket.io/?EIO=4&transport=websocket;
+    DURABLE_STREAMS: the streams' base, http://127.0.0.1:PORT/streams (or the root)."""
     pids: dict[str, list[int]] = field(default_factory=dict)
     """Process kind ("gateway", "worker", "nginx", "redis", "server", ...) -> pids, for
     CPU and RSS. Includes every process that serves the target, children too."""
+    token: str | None = None
+    """DURABLE_STREAMS: the bearer token sent with every request (None: none)."""
 
 
 def source_ip(n: int, first_octet: int = 10) -> str:

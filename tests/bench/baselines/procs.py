@@ -74,8 +74,16 @@ class Processes:
         self.children: list[Child] = []
         self._adopted: dict[str, list[psutil.Process]] = {}
 
-    def start(self, kind: str, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
-        """Start `argv` with `env` in the checkout, stdout and stderr to logs/<name>.log."""
+    def start(
+        self,
+        kind: str,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path = CHECKOUT,
+    ) -> Child:
+        """Start `argv` with `env` in `cwd` (the checkout), stdout and stderr to
+        logs/<name>.log."""
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
@@ -83,7 +91,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                cwd=CHECKOUT,
+                cwd=cwd,
                 env=dict(env),
                 start_new_session=True,
             )
