@@ -259,6 +259,42 @@ class Keys:
         """Hash: stream id -> bytes stored, and `_total`: the byte quota's count."""
         return f"{self._user(user_id)}ds:user:{user_id}:bytes"
 
+    # Subscriptions (PROTOCOL.md sections 6-7, services/durable/subscriptions.py): a
+    # user's subscriptions live in the user's bucket beside their streams, so one script
+    # sees a subscription, its links and the linked streams' records. Like streams they
+    # live until deleted (`ds:*` in NO_TTL): DS_MAX_SUBSCRIPTIONS_PER_USER bounds them, and
+    # a subscription's links are bounded by the user's streams (a pattern's link to a
+    # stream that is gone is dropped) plus DS_MAX_SUBSCRIPTION_STREAMS explicit ones.
+    def ds_sub_id(self, user_id: str, root: str, sub_id: str) -> str:
+        """The id of the user's subscription `sub_id` at `{root}/__ds/subscriptions/`:
+        `s_` + the user's bucket (two hex digits) + 30 hex digits of a hash, so
+        `ds_prefix` finds its bucket."""
+        digest = hashlib.sha256(f"{user_id}\0{root}\0{sub_id}".encode()).hexdigest()[:30]
+        return f"s_{self.bucket_of_user(user_id):02x}{digest}"
+
+    def ds_sub(self, sub_key: str) -> str:
+        """Hash: a subscription's configuration (id, root, owner, type, pattern, webhook
+        URL or wake stream, lease, description, config hash, links' base URL) and its
+        delivery state (generation, wake id, holder, lease end, delivery schedule). The
+        scripts build it from `ds_prefix` as `lua/lib/ds_sub.lua`'s `sub_key` does."""
+        return f"{self._msg(sub_key)}ds:sub:{sub_key}"
+
+    def ds_sub_links(self, sub_key: str) -> str:
+        """Hash: a subscription's linked streams, root-relative path -> "<flags>
+        <acked position> <stream id>" (flags `e` explicit, `g` by the pattern)."""
+        return f"{self._msg(sub_key)}ds:sub:{sub_key}:links"
+
+    def ds_user_subs(self, user_id: str) -> str:
+        """Hash: the user's subscription ids -> JSON {root, pattern, wake stream}: what an
+        append reads to find the subscriptions that may link the stream."""
+        return f"{self._user(user_id)}ds:user:{user_id}:subs"
+
+    def ds_subs_due(self, bucket: int = 0) -> str:
+        """Sorted set: a bucket's subscription ids, scored by when (ms) a node must look
+        at one again: a lease that ends, a delivery (or its retry) that is due, else a
+        periodic re-check for pending work. One member per subscription."""
+        return f"{self._in(bucket)}ds:subs:due"
+
     # --- events -----------------------------------------------------------------------
     def events_outbox(self, bucket: int = 0) -> str:
         """Stream: a bucket's chat events not yet in Kafka, one entry per event (field

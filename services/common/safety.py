@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from services.common.settings import Settings
+from services.durable import subscription_logic
 
 MIN_SECRET_CHARS = 32
 """HS256 wants a key at least as long as its 256-bit output."""
@@ -70,6 +71,7 @@ def startup_problems(settings: Settings, host: str) -> list[str]:
         )
     if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
         problems.append("REDIS_KEY_PREFIX must not contain { or } (they make hash tags)")
+    problems += subscription_logic.startup_problems(settings, host, loopback=is_loopback(host))
     return problems
 
 

@@ -132,6 +132,29 @@ class Settings(BaseSettings):
     CDNs can collapse readers and a node's readers rebalance."""
     ds_read_max_entries: int = Field(default=1_000, gt=0, le=100_000)
     """Entries (messages in JSON mode, appends otherwise) one read returns at most."""
+    # Subscriptions (`{root}/__ds/subscriptions/`, services/durable/subscriptions.py).
+    ds_max_subscriptions_per_user: int = Field(default=100, gt=0, le=10_000)
+    """Subscriptions one user may hold at once (403 past it)."""
+    ds_max_subscription_streams: int = Field(default=1_000, gt=0, le=100_000)
+    """Explicit stream links one subscription may hold (`streams`); a pattern's links are
+    bounded by the user's streams."""
+    ds_public_url: str = ""
+    """The public URL of `/streams/` (e.g. `https://chat.example.com/streams/`) for the
+    links a webhook gets (callback_url, jwks_url); empty: the scheme and host each
+    request came with (nginx passes them)."""
+    ds_webhook_allow_localhost: bool = False
+    """Webhooks to `http://localhost` / `127.0.0.x`, for development (also allowed when
+    AUTH_DEV_MODE=true); any other local or private address is always refused. Refused at
+    start-up on a bind that is not loopback."""
+    ds_webhook_signing_key: str = ""
+    """The Ed25519 key webhooks are signed with: its 32-byte seed, base64url. Empty: one
+    derived from JWT_SECRET (the same on every node, kept across restarts, changed with
+    JWT_SECRET). Its public half is at `{root}/__ds/jwks.json`."""
+    ds_webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    """The longest a webhook call may take (connect 2 s at most); past it the call failed
+    and is retried (1 s doubling to 60 s, 20% jitter)."""
+    ds_webhook_concurrency: int = Field(default=32, gt=0, le=1_000)
+    """Webhook calls (and wake-stream writes) one gateway makes at once."""
 
     # --- gateway -> worker -------------------------------------------------------------
     worker_url: str = "http://127.0.0.1:8081"

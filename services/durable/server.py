@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
+import jwt
 from starlette.types import Receive, Scope, Send
 
 from services.common.errors import StorageError
@@ -33,7 +35,8 @@ from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
 from services.durable import protocol as p
 from services.durable.store import DurableStore, Stream
 from services.durable.subscriptions import Subscriptions
-from services.ws_gateway.auth import AuthError, authenticate
+from services.ws_gateway.auth import DEV_TOKEN, AuthError, authenticate
+from services.ws_gateway.metrics import DURABLE_REFUSALS, GatewayMetrics
 from services.ws_gateway.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ PREFIX = "/streams/"
 ANSWERS = "answers/"
 RESERVED = "__ds"
 SSE_KEEPALIVE_S = 15.0
+TOKEN_CACHE_MAX = 10_000
 
 EXPOSE = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
@@ -199,15 +203,20 @@ class DurableStreams:
         messages: MessageStore,
         relay: Relay,
         ds_relay: Relay,
+        metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.messages = messages
         self.relay = relay
         self.ds_relay = ds_relay
-        self.subscriptions = Subscriptions()
+        self.subscriptions = Subscriptions(settings, store, self._caller, self._respond)
         self.draining = False
         self._live: set[Waiter] = set()
+        self._tokens: dict[str, tuple[str, float]] = {}
+        """Verified bearer tokens -> (user, exp): see `_remember`."""
+        metrics.durable_live_reads.set_function(lambda: len(self._live))
         self._base: Headers = [
             (b"x-content-type-options", b"nosniff"),
             (b"cross-origin-resource-policy", b"cross-origin"),
@@ -235,24 +244,29 @@ class DurableStreams:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
+        self.metrics.durable_requests.labels(_op(scope)).inc()
         try:
             if method == "OPTIONS":
                 await self._respond(send, 204, _preflight())
                 return
             path = scope["path"][len(PREFIX) :]
+            segments = path.split("/")
+            if RESERVED in segments and not path.startswith(ANSWERS):
+                # `{root}/__ds/...`, routed before any stream. Authenticated there: a
+                # user's token for the subscription itself, a wake's own token for its
+                # callback, ack and release, none for the public signing keys.
+                p.check_path(path)
+                at = segments.index(RESERVED)
+                root, rest = "/".join(segments[:at]), segments[at + 1 :]
+                refused = await self.subscriptions.handle(scope, receive, send, None, root, rest)
+                if refused is not None:
+                    raise HttpError(*refused)
+                return
             user = self._caller(scope)
             if path.startswith(ANSWERS):
                 await self._answer(scope, receive, send, user, path[len(ANSWERS) :])
                 return
             p.check_path(path)
-            segments = path.split("/")
-            if RESERVED in segments:  # `{root}/__ds/...`: routed before any stream
-                at = segments.index(RESERVED)
-                root, rest = "/".join(segments[:at]), segments[at + 1 :]
-                refused = await self.subscriptions.handle(scope, receive, send, user, root, rest)
-                if refused is not None:
-                    raise HttpError(*refused)
-                return
             await self._generic(scope, receive, send, user, path)
         except ClientGone:
             return
@@ -268,9 +282,13 @@ class DurableStreams:
         headers = _headers(scope)
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if token is not None and token != DEV_TOKEN:
+            known = self._tokens.get(token)
+            if known is not None and time.time() < known[1]:
+                return known[0]
         user_param = dict(parse_qsl(scope.get("query_string", b"").decode())).get("user_id")
         try:
-            return authenticate(
+            user = authenticate(
                 token,
                 user_param,
                 secret=self.settings.jwt_secret,
@@ -278,6 +296,21 @@ class DurableStreams:
             )
         except AuthError as exc:
             raise HttpError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
+        if token is not None and token != DEV_TOKEN:
+            self._remember(token, user)
+        return user
+
+    def _remember(self, token: str, user: str) -> None:
+        """Keep a verified token until its `exp` (HTTP clients send it with every
+        request; verifying an HS256 signature each time costs more than the rest of a
+        small append). Bounded: the oldest entries go first."""
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if not isinstance(exp, int | float):
+            return
+        if len(self._tokens) >= TOKEN_CACHE_MAX:
+            for old in list(itertools.islice(self._tokens, TOKEN_CACHE_MAX // 10)):
+                del self._tokens[old]
+        self._tokens[token] = (user, float(exp))
 
     # --- generic streams -----------------------------------------------------------------
 
@@ -398,6 +431,7 @@ class DurableStreams:
             out["Stream-Closed"] = "true"
         status = result.status
         if status == "ok" and chunks:
+            self.metrics.durable_bytes_appended.inc(len(body))
             before = result.tail - _units(chunks, p.is_json(media))
             await self.subscriptions.on_append(user, path, before, result.tail)
         if status == "ok":
@@ -661,6 +695,8 @@ class DurableStreams:
         )
 
     async def _error(self, send: Send, exc: HttpError, head: bool = False) -> None:
+        if str(exc.status) in DURABLE_REFUSALS:
+            self.metrics.durable_refused.labels(str(exc.status)).inc()
         body = b"" if head else (exc.message + "\n").encode()
         headers = _h({"Content-Type": "text/plain; charset=utf-8", **exc.headers})
         try:
@@ -721,6 +757,20 @@ def _preflight() -> Headers:
             "Access-Control-Max-Age": "600",
         }
     )
+
+
+def _op(scope: Scope) -> str:
+    """The operation a request is, for the request counter."""
+    method = scope["method"]
+    if method == "GET":
+        query = scope.get("query_string", b"")
+        if b"live=sse" in query:
+            return "sse"
+        return "long_poll" if b"live=long-poll" in query else "read"
+    return _OPS.get(method, "other")
+
+
+_OPS = {"PUT": "create", "POST": "append", "HEAD": "head", "DELETE": "delete"}
 
 
 def _units(chunks: list[bytes], json_mode: bool) -> int:

@@ -114,13 +114,23 @@ def create_app(settings: Settings | None = None) -> ChatFastPath:
                 redis, blocking, keys, f"{settings.node_id}.ds", Hub(), metrics, batch_s=0.0
             )
             durable = DurableStreams(
-                settings, DurableStore.from_settings(redis, settings), store, relay, ds_relay
+                settings,
+                DurableStore.from_settings(redis, settings),
+                store,
+                relay,
+                ds_relay,
+                metrics,
             )
             stack.callback(on_drain(durable.drain))
+            durable.subscriptions.bind(redis)
+            stack.push_async_callback(durable.subscriptions.close)
             loops = TaskSupervisor()
             stack.push_async_callback(loops.close)
             loops.start("relay-reader", relay.run)
             loops.start("durable-relay-reader", ds_relay.run)
+            # Durable stream subscriptions: leases that end, webhook deliveries and
+            # retries, wake events, sweeps (any node takes what is due).
+            loops.start("durable-subscriptions", durable.subscriptions.run)
             loops.start(
                 "stall-watcher", partial(driver.watch_stalls, hub, settings.stall_check_interval)
             )

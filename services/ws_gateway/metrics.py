@@ -14,6 +14,10 @@ from services.common.protocol import ErrorCode
 RESUME_OUTCOMES = ("recovered", "expired", "not_found")
 
 
+DURABLE_OPS = ("create", "append", "read", "long_poll", "sse", "head", "delete", "other")
+DURABLE_REFUSALS = ("400", "401", "403", "404", "405", "409", "410", "413", "501", "503")
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         m = MetricsFactory(registry, "gateway")
@@ -75,6 +79,22 @@ class GatewayMetrics:
         )
         self.upstream_failures = m.counter(
             "upstream_unavailable", "Answers ended because no worker could finish them"
+        )
+        # Durable Streams over HTTP (services/durable).
+        self.durable_requests = m.counter(
+            "durable_requests", "Durable Streams requests by operation", "op", DURABLE_OPS
+        )
+        self.durable_refused = m.counter(
+            "durable_refused",
+            "Durable Streams requests refused, by status",
+            "status",
+            DURABLE_REFUSALS,
+        )
+        self.durable_live_reads = m.gauge(
+            "durable_live_reads", "Durable Streams long-poll and SSE reads open on this node"
+        )
+        self.durable_bytes_appended = m.counter(
+            "durable_bytes_appended", "Bytes appended to durable streams through this node"
         )
 
 

@@ -331,3 +331,25 @@ async def test_a_gateway_shutting_down_ends_its_live_reads_at_once(cluster) -> N
         assert took < Settings().shutdown_timeout / 2, took
     finally:
         cluster.wait_healthy(name, timeout=30)
+
+
+async def test_a_token_stops_working_when_it_expires(cluster) -> None:
+    """Gateways remember verified tokens (HTTP clients send one with every request), but
+    never past their `exp`."""
+    uid = user()
+    token = jwt.encode(
+        {"sub": uid, "exp": int(time.time()) + 2}, cluster.jwt_secret, algorithm="HS256"
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    async with streams(cluster) as http:
+        made = await http.put("/short", headers={**auth, "Content-Type": "text/plain"})
+        assert made.status_code == 201
+        deadline = time.monotonic() + 15
+        statuses = []
+        while time.monotonic() < deadline:
+            # Every gateway in turn (least_conn), each of which has seen the token.
+            statuses.append((await http.head("/short", headers=auth)).status_code)
+            if statuses[-3:] == [401, 401, 401]:
+                break
+            await asyncio.sleep(0.2)
+        assert statuses[0] == 200 and statuses[-3:] == [401, 401, 401], statuses

@@ -63,9 +63,12 @@ def test_render_marks_only_the_named_nodes_down(tmp_path: Path) -> None:
 def test_render_keeps_a_down_node_in_its_upstream(tmp_path: Path) -> None:
     """`down` rather than leaving it out: ip_hash keeps every other client where it was."""
     conf = _conf(tmp_path, {"gateway-1"})
-    upstream = conf[conf.index("upstream ws_gateway {") : conf.index("upstream ai_worker {")]
+    upstream = conf[conf.index("upstream ws_gateway {") : conf.index("upstream ds_gateway {")]
     assert upstream.count("server 127.0.0.1:") == 3
     assert "ip_hash;" in upstream
+    # /streams/ (no stickiness) leaves the node out the same way.
+    streams = conf[conf.index("upstream ds_gateway {") : conf.index("upstream ai_worker {")]
+    assert streams.count("server 127.0.0.1:") == 3 and streams.count(" down;") == 1
 
 
 def test_render_without_down_has_no_down_server(tmp_path: Path) -> None:

@@ -72,12 +72,13 @@ def test_ai_upstream_only_on_the_loopback_internal_listener(tmp_path: Path) -> N
         "proxy_next_upstream_tries 3;",
     ):
         assert line in internal
-    # Only /ws/, /api/ and /health go to the gateways; the rest is 404 (and the named
-    # location answers refusals of the per-address limits).
+    # Only /ws/, /api/, /streams/ and /health go to the gateways; the rest is 404 (and
+    # the named location answers refusals of the per-address limits).
     locations = re.findall(r"location ([^{]+) \{", public)
     assert [loc.strip() for loc in locations] == [
         "/ws/",
         "/api/",
+        "/streams/",
         "= /health",
         "/",
         "@rate_limited",

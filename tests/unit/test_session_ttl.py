@@ -48,14 +48,18 @@ def test_must_be_positive(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
         settings(monkeypatch, SESSION_TTL=value)
 
 
-def test_only_the_event_outbox_may_lack_a_ttl() -> None:
+def test_only_the_event_outbox_and_durable_streams_may_lack_a_ttl() -> None:
     k = Keys("p:", buckets=64)
     assert NO_TTL == (
         "events:outbox",
         "{b*}:events:outbox",
         "events:outbox:dropped",
         "{b*}:events:outbox:dropped",
+        "ds:*",
+        "{b*}:ds:*",
     )
+    # A durable stream lives until deleted or its own expiry (quotas bound them).
+    assert may_lack_ttl(k.ds_meta(k.ds_stream_id("u", "a/b")), "p:")
     assert may_lack_ttl(Keys("p:").events_outbox(), "p:")
     for bucket in (0, 7, 63):
         assert may_lack_ttl(k.events_outbox(bucket), "p:")

@@ -131,7 +131,17 @@ def test_entry_of_unknown_shape_raises_value_error(entry_id: str, fields: dict[s
 
 
 #: Public members of Keys that are not key builders.
-NOT_BUILDERS = {"bucket_of_user", "bucket_of_scope", "bucket_of_message", "all_buckets"}
+NOT_BUILDERS = {
+    "bucket_of_user",
+    "bucket_of_scope",
+    "bucket_of_message",
+    "all_buckets",
+    # Ids and a key prefix, not keys: the durable stream and subscription key builders
+    # take what these make.
+    "ds_stream_id",
+    "ds_sub_id",
+    "ds_prefix",
+}
 
 
 def builders() -> list[tuple[str, Callable[..., str]]]:
@@ -175,10 +185,22 @@ def test_no_two_builders_collide() -> None:
 def test_builders_embed_their_argument() -> None:
     takes_none = {name for name, fn in builders() if len(inspect.signature(fn).parameters) == 1}
     assert takes_none == {"session_invalidate_channel"}
-    bucketed = {"events_outbox", "events_outbox_dropped"}  # their argument is a bucket
+    # Their argument is a bucket.
+    bucketed = {"events_outbox", "events_outbox_dropped", "ds_subs_due"}
     for name, key in build_all(Keys(), "ARG42").items():
         if name not in takes_none | bucketed:
             assert "ARG42" in key, name
+
+
+def test_a_durable_stream_id_names_its_users_bucket_and_path() -> None:
+    keys = Keys("p:", buckets=64)
+    sid = keys.ds_stream_id("alice", "notes/today")
+    assert sid == keys.ds_stream_id("alice", "notes/today")  # stable on every node
+    assert sid != keys.ds_stream_id("bob", "notes/today")  # each user has a namespace
+    assert sid != keys.ds_stream_id("alice", "notes/other")
+    assert keys.bucket_of_message(sid) == keys.bucket_of_user("alice")  # the relay's lane
+    assert keys.ds_meta(sid).startswith(keys.ds_prefix(sid))
+    assert keys.ds_meta(sid).split("}")[0] == keys.ds_user_streams("alice").split("}")[0]
 
 
 def test_client_msg_uses_both_arguments() -> None:
