@@ -395,7 +395,7 @@ class DurableStreams:
         if status == 201:
             out["Location"] = self._url(h, path)
         await self._respond(send, status, _h(out))
-        if status == 201:
+        if status == 201 and created.subscribed:
             before = created.tail - _units(chunks, json_mode)
             await self.subscriptions.on_append(user, path, before, created.tail)
 
@@ -432,6 +432,7 @@ class DurableStreams:
         status = result.status
         if status == "ok" and chunks:
             self.metrics.durable_bytes_appended.inc(len(body))
+        if status == "ok" and chunks and result.subscribed:
             before = result.tail - _units(chunks, p.is_json(media))
             await self.subscriptions.on_append(user, path, before, result.tail)
         if status == "ok":

@@ -26,6 +26,8 @@ class Created:
     tail: int
     closed: bool
     content_type: str
+    subscribed: bool = False
+    """The user has subscriptions: a new stream is reported to them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class Appended:
     closed: bool
     a: str
     b: str
+    subscribed: bool = False
+    """The user has subscriptions: the append is reported to them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,9 @@ class DurableStore:
             "user_bytes": self._k.ds_user_bytes(user_id),
         }
 
+    def _writer_keys(self, user_id: str) -> dict[str, str]:
+        return self._user_keys(user_id) | {"user_subs": self._k.ds_user_subs(user_id)}
+
     @storage_op
     async def create(
         self,
@@ -113,7 +120,7 @@ class DurableStore:
             keys={
                 "meta": self._k.ds_meta(sid),
                 "data": self._k.ds_data(sid),
-                **self._user_keys(user_id),
+                **self._writer_keys(user_id),
             },
             args={
                 "prefix": self._k.ds_prefix(sid),
@@ -135,8 +142,9 @@ class DurableStore:
             },
             rest=encode_entries(chunks),
         )
-        status, tail, closed_flag, ct = reply
-        return Created(status, int(tail or 0), closed_flag == "1", ct or "")
+        status, tail, closed_flag, ct = reply[:4]
+        subscribed = len(reply) > 4 and reply[4] == "1"
+        return Created(status, int(tail or 0), closed_flag == "1", ct or "", subscribed)
 
     @storage_op
     async def append(
@@ -157,7 +165,7 @@ class DurableStore:
                 "meta": self._k.ds_meta(sid),
                 "data": self._k.ds_data(sid),
                 "producers": self._k.ds_producers(sid),
-                **self._user_keys(user_id),
+                **self._writer_keys(user_id),
             },
             args={
                 "prefix": self._k.ds_prefix(sid),
@@ -173,8 +181,9 @@ class DurableStore:
             },
             rest=encode_entries(chunks),
         )
-        status, tail, closed_flag, a, b = reply
-        return Appended(status, int(tail or 0), closed_flag == "1", a or "", b or "")
+        status, tail, closed_flag, a, b = reply[:5]
+        subscribed = len(reply) > 5 and reply[5] == "1"
+        return Appended(status, int(tail or 0), closed_flag == "1", a or "", b or "", subscribed)
 
     @storage_op
     async def read(

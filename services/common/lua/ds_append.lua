@@ -1,12 +1,14 @@
 -- Append to a durable stream (POST), and close it if asked, in one step with the
 -- Stream-Seq check and the idempotent producer's check and state (PROTOCOL.md 5.2.1:
 -- validation, append and producer state are atomic here).
--- Returns {status, tail, closed, a, b}: 'ok' / 'closing' appended (and closed);
+-- Returns {status, tail, closed, a, b, subscribed}: subscribed is '1' when the user has
+-- subscriptions (the caller then reports the append to them), and: 'ok' / 'closing' appended (and closed);
 -- 'dup' (a producer's retry: nothing written, a = its last seq); 'closed' (409);
 -- 'missing', 'gone', 'type_mismatch', 'stream_seq', 'stale_epoch' (a = the current
 -- epoch), 'epoch_seq' (a new epoch must start at 0), 'seq_gap' (a = expected,
 -- b = received), 'quota_bytes'.
 local meta, data, producers, user_streams, user_bytes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local user_subs = KEYS[6]
 local prefix, id, now, ctn, closing, stream_seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local producer, epoch, pseq, max_bytes = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local entries = {unpack(ARGV, 11)}
@@ -70,4 +72,5 @@ if closing == '1' then ds_close(data, meta, tail) end
 ds_quota_add(user_streams, user_bytes, id, m, bytes)
 ds_touch(prefix, user_streams, user_bytes, id, m, now)
 if (m.ttl or '') == '' and (m.exp or '') ~= '' then ds_set_key_ttl(prefix, id, m) end
-return {'ok', tostring(tail), closing, producer ~= '' and tostring(pseq) or '', ''}
+local subscribed = redis.call('EXISTS', user_subs) == 1 and '1' or ''
+return {'ok', tostring(tail), closing, producer ~= '' and tostring(pseq) or '', '', subscribed}

@@ -1,10 +1,11 @@
 -- Create a durable stream (PUT), or a fork of another of the owner's streams, with its
 -- first entries; idempotent: the same configuration again answers 'exists'.
--- Returns {status, tail, closed, content type}; status 'created', 'exists', 'conflict'
+-- Returns {status, tail, closed, content type, subscribed} (subscribed: '1' when the user
+-- has subscriptions, to report a new stream to); status 'created', 'exists', 'conflict'
 -- (another configuration), 'gone' (a soft-deleted stream holds the path), 'no_source',
 -- 'source_gone', 'fork_range' (the fork offset is past the source's tail),
 -- 'type_mismatch', 'quota_streams' or 'quota_bytes'.
-local meta, data, user_streams, user_bytes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, data, user_streams, user_bytes, user_subs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, id, path, now, ct, ctn = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local json, ttl, exp, exp_raw, closing, src = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local fork_offset, fork_sub, max_streams, max_bytes = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
@@ -64,4 +65,5 @@ if closing == '1' then ds_close(data, meta, tail) end
 new.tail = tostring(tail)
 ds_set_key_ttl(prefix, id, new)
 ds_quota_add(user_streams, user_bytes, id, new, bytes)
-return {'created', tostring(tail), closing, new.ct}
+local subscribed = redis.call('EXISTS', user_subs) == 1 and '1' or ''
+return {'created', tostring(tail), closing, new.ct, subscribed}
