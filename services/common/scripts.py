@@ -31,7 +31,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from services.common.errors import StorageError
 
@@ -213,7 +213,10 @@ class CoalescedScript:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             try:
                 replies = await self._send(batch)
-            except (RedisError, RedisClusterException) as exc:
+            except Exception as exc:  # noqa: BLE001 - every waiting caller must hear
+                # Not only redis-py's own errors: with a node killed mid-call the client
+                # can raise others (uvloop's "unable to perform operation on TCPTransport
+                # closed", a RuntimeError), and a caller left waiting would hang forever.
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(StorageError(f"{self.script.name}: {exc}"))

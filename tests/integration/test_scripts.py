@@ -60,7 +60,6 @@ async def test_every_script_parses_and_redis_compiles_it(name: str, redis: Redis
     script = LuaScript(name)
 
     assert script.signature.keys, f"{name}.lua binds no KEYS"
-    assert script.signature.args, f"{name}.lua binds no ARGV"
     # The module has a ready-made instance for it, with the same signature.
     assert getattr(scripts, name.upper()).signature == script.signature
     sha = await redis.script_load(script.source)
@@ -82,10 +81,19 @@ def test_call_args_puts_names_in_slot_order(name: str) -> None:
 
 
 CASES = ["missing-key", "extra-key", "misspelt-key", "missing-arg", "extra-arg", "misspelt-arg"]
+#: Each script with each case that applies to it (a script that binds no ARGV, such as
+#: ds_sub_get, has no arg to leave out or misspell; an extra one is still refused).
+SCRIPT_CASES = [
+    (name, case)
+    for name in SCRIPT_NAMES
+    for case in CASES
+    if LuaScript(name).signature.args
+    or case in ("missing-key", "extra-key", "misspelt-key")
+    or case == "extra-arg"
+]
 
 
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("name", SCRIPT_NAMES)
+@pytest.mark.parametrize(("name", "case"), SCRIPT_CASES)
 async def test_a_name_mismatch_raises_before_touching_redis(
     name: str, case: str, offline: Redis
 ) -> None:
@@ -93,7 +101,7 @@ async def test_a_name_mismatch_raises_before_touching_redis(
     keys, args, rest = good_names(script)
     what, _, table = case.partition("-")
     names = keys if table == "key" else args
-    first = next(iter(names))
+    first = next(iter(names), "a")
     if what in ("missing", "misspelt"):
         del names[first]
     if what in ("extra", "misspelt"):
