@@ -17,9 +17,11 @@ RECOVERY_S = 8.0
 CLIENTS = 6
 ENV = {
     "STREAM_RECOVERY_TIMEOUT": str(RECOVERY_S),
-    # Long answers (about 5 s), so each is mid-stream when the fault comes.
+    # Answers of about 3 s (start_answers starts the six in well under a second, or
+    # one after another in about one), so each is mid-stream when the fault comes.
     "SIM_MIN_TOKENS": "200",
     "SIM_MAX_TOKENS": "220",
+    "SIM_TOKENS_PER_SECOND": "70",
 }
 
 
@@ -56,17 +58,25 @@ class Timed:
         return text
 
 
-async def start_answers(cluster: ClusterHandle, tag: str, prompt: str) -> list[Timed]:
-    runs = []
-    for i in range(CLIENTS):
+async def start_answers(
+    cluster: ClusterHandle, tag: str, prompt: str, *, together: bool = True
+) -> list[Timed]:
+    """CLIENTS clients, each with an answer that has streamed its first chunks. They
+    start at once (`together`), so every answer is early in its course when the caller's
+    fault comes; or one after another, over about a second."""
+
+    async def start(i: int) -> Timed:
         session, user = f"{tag}-{uuid.uuid4().hex[:10]}", f"{tag}{i}"
         client = ChatClient(cluster.ws_url(session, user_id=user), local_ip=f"127.0.{90 + i}.1")
         await client.connect()
         ack = await client.chat(prompt)
         assert ack["type"] == "ack", ack
         answer = await client.read_answer(Answer(ack["message_id"]), stop_after=3, timeout=30)
-        runs.append(Timed(client, answer, session, user))
-    return runs
+        return Timed(client, answer, session, user)
+
+    if together:
+        return list(await asyncio.gather(*(start(i) for i in range(CLIENTS))))
+    return [await start(i) for i in range(CLIENTS)]
 
 
 def assert_never_silent(runs: list[Timed]) -> tuple[int, int]:

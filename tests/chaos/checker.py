@@ -121,11 +121,34 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def event_excuse(a: AnswerRecord, faults: list[FaultRecord]) -> str | None:
+    """Why the chat's `message.accepted` may be missing from the topic: "broker" (it
+    was sent before the broker's last kill -9, or just after it), "redis" (its answer
+    ended `state_lost`, or its accept was near a Redis kill -9); None: it must be there."""
+    broker_kills = [f.at for f in faults if f.kind == "kafka-kill9"]
+    if broker_kills and a.sent_at < max(broker_kills) + BROKER_MARGIN_S:
+        return "broker"
+    lost_state = a.not_found or (a.error_codes == ["state_lost"])
+    # The accept happened between the first send and the ack: an event is excused if
+    # that span meets the window in which a kill could lose it.
+    near_redis_kill = any(
+        a.sent_at <= f.at and a.accepted_at >= f.at - REDIS_MARGIN_S
+        for f in faults
+        if f.kind == "redis-kill9"
+    )
+    return "redis" if lost_state or near_redis_kill else None
+
+
+def required_events(answers: list[AnswerRecord], faults: list[FaultRecord]) -> set[str]:
+    """The message ids whose `message.accepted` must be on the topic (see event_excuse):
+    what a consumer of the topic waits for before the checker looks."""
+    return {a.message_id for a in answers if event_excuse(a, faults) is None}
+
+
 def check(rec: ChaosRecord) -> Report:
     failures: list[str] = []
     fault_kinds = Counter(f.kind for f in rec.faults)
     redis_kills = sorted(f.at for f in rec.faults if f.kind == "redis-kill9")
-    broker_kills = sorted(f.at for f in rec.faults if f.kind == "kafka-kill9")
     for f in rec.faults:
         if f.error:
             failures.append(f"fault {f.kind} {f.target}: {f.error}")
@@ -189,25 +212,16 @@ def check(rec: ChaosRecord) -> Report:
             failures.append(f"message {mid}: {len(eids)} distinct message.accepted events")
 
     expected = delivered = survived = by_broker = by_redis = 0
-    last_broker_kill = broker_kills[-1] if broker_kills else None
     for a in rec.answers:
         present = a.message_id in accepted_by_message
-        lost_state = a.not_found or (a.error_codes == ["state_lost"])
-        # The accept happened between the first send and the ack: an event is excused
-        # if that span meets the window in which a kill could lose it.
-        near_redis_kill = any(
-            a.sent_at <= k and a.accepted_at >= k - REDIS_MARGIN_S for k in redis_kills
-        )
-        before_broker = (
-            last_broker_kill is not None and a.sent_at < last_broker_kill + BROKER_MARGIN_S
-        )
-        if before_broker:
+        excuse = event_excuse(a, rec.faults)
+        if excuse == "broker":
             if present:
                 survived += 1
             else:
                 by_broker += 1
             continue
-        if not present and (lost_state or near_redis_kill):
+        if not present and excuse == "redis":
             by_redis += 1
             continue
         expected += 1

@@ -1,7 +1,7 @@
 """Chaos, checked (issue 7), the short version of `make chaos`: 20 clients chat for
-about 30 s while a seeded injector kills -9 and SIGTERMs gateways and workers, kills -9
-Redis and the Kafka broker and reloads nginx; the checker (tests/chaos/checker.py) must
-find every guarantee of docs/protocol.md, section 3, kept."""
+about 20 s while a seeded injector kills -9 and SIGTERMs gateways and workers, kills -9
+Redis and the Kafka broker and reloads nginx (every kind at least once); the checker
+(tests/chaos/checker.py) must find every guarantee of docs/protocol.md, section 3, kept."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ KINDS = FAULT_KINDS
 CONFIG = ChaosConfig(
     kinds=KINDS,
     clients=20,
-    duration=30.0,
+    duration=20.0,
     seed=11,
     recovery_timeout=8.0,
     interval=(0.8, 1.6),
@@ -40,7 +40,7 @@ async def test_chaos_short_run_keeps_every_guarantee(cluster_factory: StartClust
     print("\n" + report.table())
     assert report.ok, report.table()
     kinds = Counter(f.kind for f in record.faults)
-    # The broker is killed in the first 70% only (the rest checks that events arrive).
-    others = [k for k in KINDS if k != "kafka-kill9"]
-    assert kinds["kafka-kill9"] >= 1 and all(kinds[k] >= 2 for k in others), kinds
+    # Every kind at least once (the broker in the first 70% only: the rest checks that
+    # events arrive); the kinds are dealt from shuffled decks, so most come twice.
+    assert all(kinds[k] >= 1 for k in KINDS), kinds
     assert sum(1 for a in record.answers if a.finish_reason == "stop") >= CONFIG.clients

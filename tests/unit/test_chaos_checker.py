@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.checker import AnswerRecord, ChaosRecord, FaultRecord, check
+from tests.chaos.checker import AnswerRecord, ChaosRecord, FaultRecord, check, required_events
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +41,16 @@ def test_a_chat_sent_before_the_broker_kill_may_lose_its_event_though_acked_late
 def test_a_chat_sent_after_the_broker_came_back_must_have_its_event() -> None:
     failures = missing_event_failures(record(answer("m1", sent_at=104.0, accepted_at=105.0)))
     assert failures == ["message m1: message.accepted missing from the topic"]
+
+
+def test_the_events_the_run_waits_for_are_the_ones_the_checker_requires() -> None:
+    """The chaos run reads the topic until these are there (waiting for an excused one
+    would wait out its deadline); each one missing is a failure, the others are not."""
+    rec = record(
+        answer("before-broker", sent_at=99.0, accepted_at=105.0),
+        answer("after", sent_at=110.0, accepted_at=111.0),
+        answer("near-redis", sent_at=120.0, accepted_at=121.0),
+    )
+    rec.faults.append(FaultRecord("redis-kill9", "redis", at=120.5, recovered_in=1.0))
+    assert required_events(rec.answers, rec.faults) == {"after"}
+    assert missing_event_failures(rec) == ["message after: message.accepted missing from the topic"]
