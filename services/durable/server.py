@@ -19,7 +19,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
@@ -91,7 +91,10 @@ class Source(Protocol):
 
     async def read(self, start: int | None, touch: bool) -> Snapshot: ...
 
-    def follow(self, waiter: Waiter) -> Awaitable[None]: ...
+    def follow(self, waiter: Waiter, after: int) -> Awaitable[None]:
+        """Wake `waiter` on entries past position `after` (the relay starts there when
+        this node does not read the stream yet: not from the stream's start)."""
+        ...
 
     def unfollow(self, waiter: Waiter) -> None: ...
 
@@ -140,8 +143,9 @@ class GenericSource:
             raise _missing(found)
         return _snapshot(found)
 
-    def follow(self, waiter: Waiter) -> Awaitable[None]:
-        return self._s.ds_relay.follow(self.tag, waiter, 0, key=self._s.store.data_key(self.tag))
+    def follow(self, waiter: Waiter, after: int) -> Awaitable[None]:
+        key = self._s.store.data_key(self.tag)
+        return self._s.ds_relay.follow(self.tag, waiter, after, key=key)
 
     def unfollow(self, waiter: Waiter) -> None:
         self._s.ds_relay.unfollow(self.tag, waiter)
@@ -188,8 +192,8 @@ class AnswerSource:
         tail = max(meta.last_seq, entries[-1].end if entries else start)
         return Snapshot(tail, done and (finished or tail == start), self.CONTENT_TYPE, entries)
 
-    def follow(self, waiter: Waiter) -> Awaitable[None]:
-        return self._s.relay.follow(self.tag, waiter, 0)
+    def follow(self, waiter: Waiter, after: int) -> Awaitable[None]:
+        return self._s.relay.follow(self.tag, waiter, after)
 
     def unfollow(self, waiter: Waiter) -> None:
         self._s.relay.unfollow(self.tag, waiter)
@@ -365,9 +369,7 @@ class DurableStreams:
             raise HttpError(400, "Stream-Fork-Offset needs Stream-Forked-From")
         media = p.media_type(content_type)
         json_mode = p.is_json(media)
-        chunks = p.json_messages(body, creating=True) if json_mode and body else []
-        if body and not json_mode:
-            chunks = [body]
+        chunks = _chunks(body, json_mode, creating=True)
         created = await self.store.create(
             user,
             path,
@@ -410,9 +412,7 @@ class DurableStreams:
         if body and not content_type:
             raise HttpError(400, "Content-Type: required with a body")
         media = p.media_type(content_type)
-        chunks: list[bytes] = []
-        if body:
-            chunks = p.json_messages(body, creating=False) if p.is_json(media) else [body]
+        chunks = _chunks(body, p.is_json(media), creating=False)
         stream_seq = h.get("stream-seq")
         if stream_seq is not None and not stream_seq:
             raise HttpError(400, "Stream-Seq: empty")
@@ -507,7 +507,7 @@ class DurableStreams:
             raise HttpError(400, "offset: required for live reads")
         start = p.parse_offset(raw_offset)
         if live == "sse":
-            await self._sse(scope, receive, send, source, start, client_cursor)
+            await self._sse(receive, send, source, start, client_cursor)
         elif live == "long-poll":
             await self._long_poll(receive, send, source, start, client_cursor)
         else:
@@ -549,16 +549,13 @@ class DurableStreams:
     ) -> None:
         waiter = self._watch(Waiter())
         deadline = time.monotonic() + self.settings.ds_long_poll_timeout_s
-        await source.follow(waiter)
+        if start is None:  # offset=now: wait from the tail
+            start = (await source.read(None, touch=True)).tail
+        await source.follow(waiter, start)
         try:
             async with _until_disconnect(receive):
                 while True:
-                    snap = await source.read(start if start is not None else None, touch=True)
-                    if start is None:
-                        start = snap.tail  # offset=now: wait from the tail
-                        if snap.closed:
-                            break
-                        continue
+                    snap = await source.read(start, touch=True)
                     _check_start(start, snap)
                     if snap.entries or snap.closed:
                         break
@@ -590,7 +587,6 @@ class DurableStreams:
 
     async def _sse(
         self,
-        scope: Scope,
         receive: Receive,
         send: Send,
         source: Source,
@@ -598,12 +594,11 @@ class DurableStreams:
         cursor: str | None,
     ) -> None:
         waiter = self._watch(Waiter())
-        await source.follow(waiter)
+        if start is None:  # offset=now: from the tail
+            start = (await source.read(None, touch=True)).tail
+        await source.follow(waiter, start)
         try:
             snap = await source.read(start, touch=True)
-            if start is None:
-                start = snap.tail
-                snap = Snapshot(snap.tail, snap.closed, snap.content_type, [], snap.ttl)
             _check_start(start, snap)
             text = p.sse_as_text(p.media_type(snap.content_type))
             headers = {
@@ -623,23 +618,26 @@ class DurableStreams:
                 while True:
                     if snap.entries or first or snap.closed:
                         nxt, body, up_to_date, closed = _page(start, snap)
-                        chunk = b""
-                        if snap.entries:
-                            chunk += p.sse_data(body, text=text)
-                        if snap.entries or first or closed:
-                            chunk += p.sse_control(
-                                p.format_offset(nxt),
-                                cursor_value=max(given, p.cursor(None), key=int),
-                                up_to_date=up_to_date,
-                                closed=closed,
-                            )
+                        # A data event and its control event in one write: a client cut
+                        # off between them would have data without its offset.
+                        chunk = p.sse_data(body, text=text) if snap.entries else b""
+                        chunk += p.sse_control(
+                            p.format_offset(nxt),
+                            cursor_value=max(given, p.cursor(None), key=int),
+                            up_to_date=up_to_date,
+                            closed=closed,
+                        )
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         start = nxt
                         first = False
                         if closed:
                             break
-                        if not up_to_date:  # more to catch up on
-                            snap = await source.read(start, touch=False)
+                        if not up_to_date:
+                            if not snap.entries:
+                                # Below the tail with nothing to read: storage lost data.
+                                # End here rather than spin; the client resumes.
+                                break
+                            snap = await source.read(start, touch=False)  # more to catch up
                             continue
                     left = ends - time.monotonic()
                     if left <= 0 or waiter.lost:
@@ -774,6 +772,13 @@ def _op(scope: Scope) -> str:
 _OPS = {"PUT": "create", "POST": "append", "HEAD": "head", "DELETE": "delete"}
 
 
+def _chunks(body: bytes, json_mode: bool, *, creating: bool) -> list[bytes]:
+    """A body as the entries it stores: its messages in JSON mode, else itself whole."""
+    if not body:
+        return []
+    return p.json_messages(body, creating=creating) if json_mode else [body]
+
+
 def _units(chunks: list[bytes], json_mode: bool) -> int:
     """Positions the chunks take: messages in JSON mode, else bytes."""
     return len(chunks) if json_mode else sum(len(c) for c in chunks)
@@ -852,6 +857,3 @@ def _snapshot(found: Stream) -> Snapshot:
     return Snapshot(
         found.tail, found.closed, found.content_type, found.entries, found.ttl, found.expires_at
     )
-
-
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
