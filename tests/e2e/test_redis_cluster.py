@@ -6,6 +6,7 @@ every answer ends, completed exactly once or told `state_lost`, as under Sentine
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 
 from deploy.cluster import cluster_state
 from services.common.keys import Keys
+from services.common.settings import Settings
 from tests.chat_client import Answer, ChatClient
 from tests.conftest import ClusterHandle, StartCluster
 from tests.e2e.test_sentinel_failover import crash_and_hold
@@ -119,6 +121,46 @@ async def test_chat_resume_and_history_across_the_shards(redis_cluster: ClusterH
     redis_row = deps.json()["redis"]
     assert redis_row["status"] == "up"
     assert redis_row["role"].startswith("cluster (3 primaries")
+
+
+async def test_durable_streams_on_the_shards(redis_cluster: ClusterHandle) -> None:
+    """Durable Streams on Redis Cluster: users on several shards each create, fork (the
+    scripts read a source's keys: same hash tag, same slot), append through one gateway
+    while a long-poll waits on the other, and read back."""
+    first, second = (redis_cluster.node_url(n) for n in redis_cluster.gateway_names[:2])
+    users = [f"rc-ds-{i}" for i in range(8)]
+    keys = Keys(buckets=Settings.model_fields["redis_buckets"].default)
+    shards = {keys.bucket_of_user(u) for u in users}
+    assert len(shards) > 1  # spread over buckets, so over more than one slot
+    for uid in users:
+        auth = {"headers": {"Authorization": "Bearer dev-token"}, "params": {"user_id": uid}}
+        text = {**auth["headers"], "Content-Type": "text/plain"}
+        async with (
+            httpx.AsyncClient(base_url=f"{first}/streams", timeout=20) as one,
+            httpx.AsyncClient(base_url=f"{second}/streams", timeout=20) as two,
+        ):
+            made = await one.put("/s", content=b"abcdef", headers=text, params=auth["params"])
+            assert made.status_code == 201, made.text
+            fork = await two.put(
+                "/f",
+                headers={**text, "Stream-Forked-From": "/s", "Stream-Fork-Sub-Offset": "0"},
+                params={**auth["params"]},
+            )
+            assert fork.status_code == 201, fork.text
+            tail = fork.headers["stream-next-offset"]
+            poll = asyncio.create_task(
+                one.get(
+                    "/f",
+                    params={**auth["params"], "offset": tail, "live": "long-poll"},
+                    headers=auth["headers"],
+                )
+            )
+            appended = await two.post("/f", content=b"!", headers=text, params=auth["params"])
+            assert appended.status_code == 204
+            woken = await poll
+            assert (woken.status_code, woken.text) == (200, "!")
+            whole = await one.get("/f", **auth)
+            assert whole.text == "abcdef!"
 
 
 async def test_a_primary_kill9_mid_stream_fails_over_and_ends_every_answer(
