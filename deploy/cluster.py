@@ -309,6 +309,8 @@ class Cluster:
             if s.dev_mode
             else f"  chat (WebSocket)  {chat}  (token in the bearer subprotocol)",
             f"  health (sticky)   http://{host}:{s.public_port}/health",
+            f"  durable streams   http://{host}:{s.public_port}/streams/ (answers at "
+            "/streams/answers/MESSAGE_ID; docs/durable-streams.md)",
             f"  frontend          http://{host}:{s.frontend_port}/",
             f"  status page       http://{host}:{s.status_port}/",
             f"  nginx-status      http://{host}:{s.status_port}/nginx-status",
