@@ -10,6 +10,7 @@ import re
 import shlex
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,24 @@ async def test_a_token_stops_working_when_it_expires(cluster) -> None:
                 break
             await asyncio.sleep(0.2)
         assert statuses[0] == 200 and statuses[-3:] == [401, 401, 401], statuses
+
+
+async def test_a_chunked_append_is_one_append(cluster) -> None:
+    """An append whose body comes in chunks (Transfer-Encoding: chunked, no length) lands
+    whole, as one entry: a reader gets it at once and the next offset after all of it."""
+    uid = user()
+    opts = dev(uid)
+    text = {**opts["headers"], "Content-Type": "text/plain"}
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"one ", b"two ", b"three"):
+            yield part
+
+    async with streams(cluster) as http:
+        assert (await http.put("/chunked", headers=text, params=opts["params"])).status_code == 201
+        appended = await http.post("/chunked", content=parts(), headers=text, params=opts["params"])
+        assert appended.status_code == 204, appended.text
+        read = await http.get("/chunked", **opts)
+        assert read.text == "one two three"
+        assert read.headers["stream-next-offset"] == appended.headers["stream-next-offset"]
+        assert read.headers["stream-next-offset"].endswith("13")
