@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -33,7 +32,17 @@ from services.common.protocol import MessageStatus
 from services.common.settings import Settings
 from services.common.streams import ChunkEntry, DoneEntry, StreamEntry
 from services.durable import protocol as p
-from services.durable.store import DurableStore, Stream
+from services.durable.http import (
+    PREFIX,
+    BodyCut,
+    BodyTooLarge,
+    Headers,
+    header_list,
+    now_ms,
+    read_body,
+    request_headers,
+)
+from services.durable.store import DurableStore, Snapshot
 from services.durable.subscriptions import Subscriptions
 from services.ws_gateway.auth import DEV_TOKEN, AuthError, authenticate
 from services.ws_gateway.metrics import DURABLE_REFUSALS, GatewayMetrics
@@ -41,7 +50,6 @@ from services.ws_gateway.relay import Relay
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/streams/"
 ANSWERS = "answers/"
 RESERVED = "__ds"
 SSE_KEEPALIVE_S = 15.0
@@ -60,8 +68,6 @@ ALLOW_HEADERS = (
 )
 CACHEABLE = "private, max-age=60, stale-while-revalidate=300"
 
-Headers = list[tuple[bytes, bytes]]
-
 
 class HttpError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
@@ -69,18 +75,6 @@ class HttpError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What one read found: the stream's state and its entries from the asked position."""
-
-    tail: int
-    closed: bool
-    content_type: str
-    entries: list[p.Entry]
-    ttl: str = ""
-    expires_at: str = ""
 
 
 class Source(Protocol):
@@ -137,11 +131,11 @@ class GenericSource:
 
     async def read(self, start: int | None, touch: bool) -> Snapshot:
         found = await self._s.store.read(
-            self._user, self._path, now_ms=_now_ms(), start=start, touch=touch
+            self._user, self._path, now_ms=now_ms(), start=start, touch=touch
         )
         if isinstance(found, str):
             raise _missing(found)
-        return _snapshot(found)
+        return found
 
     def follow(self, waiter: Waiter, after: int) -> Awaitable[None]:
         key = self._s.store.data_key(self.tag)
@@ -157,20 +151,17 @@ class AnswerSource:
 
     CONTENT_TYPE = "application/json"
 
-    def __init__(self, server: DurableStreams, message_id: str, max_entries: int) -> None:
+    def __init__(self, server: DurableStreams, message_id: str, user: str, max_entries: int):
         self._s = server
         self.tag = message_id
+        self._user = user
         self._max = max_entries
 
-    async def check_owner(self, user: str) -> None:
-        meta = await self._s.messages.meta(self.tag)
-        if meta is None or meta.user_id != user:
-            # Another user's answer is as absent as one that never was.
-            raise HttpError(404, "no such answer")
-
     async def read(self, start: int | None, touch: bool) -> Snapshot:
+        """Each read checks the reader owns the answer, with the record it reads anyway."""
         meta = await self._s.messages.meta(self.tag)
-        if meta is None:
+        if meta is None or meta.user_id != self._user:
+            # Another user's answer is as absent as one that never was.
             raise HttpError(404, "no such answer")
         done = meta.status == MessageStatus.DONE
         if start is None:
@@ -283,7 +274,7 @@ class DurableStreams:
             await self._error(send, HttpError(503, "storage unavailable", {"Retry-After": "1"}))
 
     def _caller(self, scope: Scope) -> str:
-        headers = _headers(scope)
+        headers = request_headers(scope)
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         if token is not None and token != DEV_TOKEN:
@@ -322,13 +313,13 @@ class DurableStreams:
         self, scope: Scope, receive: Receive, send: Send, user: str, path: str
     ) -> None:
         method = scope["method"]
-        headers = _headers(scope)
+        headers = request_headers(scope)
         if method == "PUT":
             await self._create(send, user, path, headers, await self._body(scope, receive))
         elif method == "POST":
             await self._append(send, user, path, headers, await self._body(scope, receive))
         elif method == "DELETE":
-            status = await self.store.delete(user, path, now_ms=_now_ms())
+            status = await self.store.delete(user, path, now_ms=now_ms())
             if status != "deleted":
                 raise _missing(status)
             await self._respond(send, 204, [])
@@ -373,7 +364,7 @@ class DurableStreams:
         created = await self.store.create(
             user,
             path,
-            now_ms=_now_ms(),
+            now_ms=now_ms(),
             content_type=content_type,
             media=media,
             json_mode=json_mode,
@@ -396,7 +387,7 @@ class DurableStreams:
             out["Stream-Closed"] = "true"
         if status == 201:
             out["Location"] = self._url(h, path)
-        await self._respond(send, status, _h(out))
+        await self._respond(send, status, header_list(out))
         if status == 201 and created.subscribed:
             before = created.tail - _units(chunks, json_mode)
             await self.subscriptions.on_append(user, path, before, created.tail)
@@ -419,7 +410,7 @@ class DurableStreams:
         result = await self.store.append(
             user,
             path,
-            now_ms=_now_ms(),
+            now_ms=now_ms(),
             media=media,
             closing=closing,
             stream_seq=stream_seq,
@@ -438,13 +429,13 @@ class DurableStreams:
         if status == "ok":
             if producer is not None:
                 out |= {"Producer-Epoch": str(producer.epoch), "Producer-Seq": result.a}
-                await self._respond(send, 200 if chunks else 204, _h(out))
+                await self._respond(send, 200 if chunks else 204, header_list(out))
             else:
-                await self._respond(send, 204, _h(out))
+                await self._respond(send, 204, header_list(out))
         elif status == "dup":
             if producer is not None:
                 out |= {"Producer-Epoch": str(producer.epoch), "Producer-Seq": result.a}
-            await self._respond(send, 204, _h(out))
+            await self._respond(send, 204, header_list(out))
         elif status == "closed":
             raise HttpError(409, "the stream is closed", out)
         elif status == "stale_epoch":
@@ -475,8 +466,7 @@ class DurableStreams:
             raise HttpError(405, "answers are read-only", {"Allow": "GET, HEAD, OPTIONS"})
         if not _valid_message_id(message_id):
             raise HttpError(404, "no such answer")
-        source = AnswerSource(self, message_id, self.settings.ds_read_max_entries)
-        await source.check_owner(user)
+        source = AnswerSource(self, message_id, user, self.settings.ds_read_max_entries)
         await self._read(scope, receive, send, source)
 
     # --- reads -----------------------------------------------------------------------------
@@ -496,7 +486,7 @@ class DurableStreams:
                 out["Stream-Expires-At"] = snap.expires_at
             if snap.closed:
                 out["Stream-Closed"] = "true"
-            await self._respond(send, 200, _h(out))
+            await self._respond(send, 200, header_list(out))
             return
         raw_offset = p.single_query(params, "offset")
         live = p.single_query(params, "live")
@@ -524,7 +514,7 @@ class DurableStreams:
             }
             if snap.closed:
                 out["Stream-Closed"] = "true"
-            await self._respond(send, 200, _h(out), _empty_body(snap))
+            await self._respond(send, 200, header_list(out), _empty_body(snap))
             return
         _check_start(start, snap)
         nxt, body, up_to_date, closed = _page(start, snap)
@@ -539,10 +529,10 @@ class DurableStreams:
             out["Stream-Up-To-Date"] = "true"
         if closed:
             out["Stream-Closed"] = "true"
-        if p.etag_matches(_headers(scope).get("if-none-match"), tag):
-            await self._respond(send, 304, _h(out))
+        if p.etag_matches(request_headers(scope).get("if-none-match"), tag):
+            await self._respond(send, 304, header_list(out))
             return
-        await self._respond(send, 200, _h(out), body)
+        await self._respond(send, 200, header_list(out), body)
 
     async def _long_poll(
         self, receive: Receive, send: Send, source: Source, start: int | None, cursor: str | None
@@ -576,14 +566,14 @@ class DurableStreams:
         if closed:
             out["Stream-Closed"] = "true"
         if not snap.entries:
-            await self._respond(send, 204, _h(out))
+            await self._respond(send, 204, header_list(out))
             return
         out |= {
             "Content-Type": snap.content_type,
             "ETag": p.etag(source.tag, start, nxt, closed),
             "Cache-Control": CACHEABLE,
         }
-        await self._respond(send, 200, _h(out), body)
+        await self._respond(send, 200, header_list(out), body)
 
     async def _sse(
         self,
@@ -608,7 +598,7 @@ class DurableStreams:
             }
             if not text:
                 headers["Stream-SSE-Data-Encoding"] = "base64"
-            start_message = {"status": 200, "headers": self._with(_h(headers))}
+            start_message = {"status": 200, "headers": self._with(header_list(headers))}
             await send({"type": "http.response.start", **start_message})
             ends = time.monotonic() + self.settings.ds_sse_max_s
             # Past the client's cursor once (never backwards), then the current interval.
@@ -654,25 +644,16 @@ class DurableStreams:
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.ds_max_body_bytes
-        declared = _headers(scope).get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise HttpError(400, "Content-Length: not a number")
-            if int(declared) > limit:
-                raise HttpError(413, f"the body is larger than DS_MAX_BODY_BYTES ({limit})")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "the client went away")
-            part = message.get("body", b"")
-            size += len(part)
-            if size > limit:
-                raise HttpError(413, f"the body is larger than DS_MAX_BODY_BYTES ({limit})")
-            parts.append(part)
-            if not message.get("more_body", False):
-                return b"".join(parts)
+        headers = request_headers(scope)
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise HttpError(400, "Content-Length: not a number")
+        try:
+            return await read_body(headers, receive, limit)
+        except BodyTooLarge:
+            raise HttpError(413, f"the body is larger than DS_MAX_BODY_BYTES ({limit})") from None
+        except BodyCut:
+            raise HttpError(400, "the client went away") from None
 
     def _url(self, h: dict[str, str], path: str) -> str:
         """The stream's absolute URL, as the client reached it (nginx passes the Host
@@ -697,7 +678,7 @@ class DurableStreams:
         if str(exc.status) in DURABLE_REFUSALS:
             self.metrics.durable_refused.labels(str(exc.status)).inc()
         body = b"" if head else (exc.message + "\n").encode()
-        headers = _h({"Content-Type": "text/plain; charset=utf-8", **exc.headers})
+        headers = header_list({"Content-Type": "text/plain; charset=utf-8", **exc.headers})
         try:
             await self._respond(send, exc.status, headers, body)
         except RuntimeError:  # the response had started (an SSE stream): just end it
@@ -732,24 +713,8 @@ def _missing(status: str) -> HttpError:
     return HttpError(404, "no such stream")
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    cached = scope.get("_ds_headers")
-    if cached is None:
-        cached = {}
-        for name, value in scope["headers"]:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            cached[key] = f"{cached[key]}, {text}" if key in cached else text
-        scope["_ds_headers"] = cached
-    return cached
-
-
-def _h(values: dict[str, str]) -> Headers:
-    return [(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in values.items()]
-
-
 def _preflight() -> Headers:
-    return _h(
+    return header_list(
         {
             "Access-Control-Allow-Methods": _ALLOW_GENERIC,
             "Access-Control-Allow-Headers": ALLOW_HEADERS,
@@ -782,10 +747,6 @@ def _chunks(body: bytes, json_mode: bool, *, creating: bool) -> list[bytes]:
 def _units(chunks: list[bytes], json_mode: bool) -> int:
     """Positions the chunks take: messages in JSON mode, else bytes."""
     return len(chunks) if json_mode else sum(len(c) for c in chunks)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _stream_path(value: str) -> str:
@@ -851,9 +812,3 @@ async def _until_disconnect(receive: Receive) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-
-
-def _snapshot(found: Stream) -> Snapshot:
-    return Snapshot(
-        found.tail, found.closed, found.content_type, found.entries, found.ttl, found.expires_at
-    )

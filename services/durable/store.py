@@ -16,7 +16,14 @@ from services.common.errors import storage_op
 from services.common.keys import Keys
 from services.common.scripts import DS_APPEND, DS_CREATE, DS_DELETE, DS_READ, CoalescedScript
 from services.common.settings import Settings
-from services.durable.protocol import Entry, Producer, decode_entries, encode_entries
+from services.durable.protocol import (
+    Entry,
+    Producer,
+    decode_entries,
+    encode_entries,
+    is_json,
+    media_type,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +52,16 @@ class Appended:
 
 
 @dataclass(frozen=True, slots=True)
-class Stream:
-    """A stream's record as a read found it, and the entries read."""
+class Snapshot:
+    """What one read found: the stream's state and its entries from the asked position
+    (an answer's reads make one too, server.py)."""
 
     tail: int
     closed: bool
     content_type: str
-    ttl: str
-    expires_at: str
     entries: list[Entry]
+    ttl: str = ""
+    expires_at: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +200,7 @@ class DurableStore:
     @storage_op
     async def read(
         self, user_id: str, path: str, *, now_ms: int, start: int | None, touch: bool = True
-    ) -> Stream | str:
+    ) -> Snapshot | str:
         """The stream and its entries from position `start` (None: the record only);
         'missing' or 'gone' when there is none to read."""
         sid = self.stream_id(user_id, path)
@@ -210,10 +218,8 @@ class DurableStore:
         if reply[0] != "ok":
             return str(reply[0])
         _, tail, closed, ct, ttl, expires = reply[:6]
-        json_mode = ct.split(";", 1)[0].strip().lower() == "application/json"
-        return Stream(
-            int(tail), closed == "1", ct, ttl, expires, decode_entries(reply[6:], json_mode)
-        )
+        entries = decode_entries(reply[6:], is_json(media_type(ct)))
+        return Snapshot(int(tail), closed == "1", ct, entries, ttl, expires)
 
     @storage_op
     async def delete(self, user_id: str, path: str, *, now_ms: int) -> str:

@@ -73,15 +73,23 @@ from services.common.scripts import (
 )
 from services.common.settings import Settings
 from services.durable import subscription_logic as sl
+from services.durable.http import (
+    PREFIX,
+    BodyCut,
+    BodyTooLarge,
+    Headers,
+    header_list,
+    now_ms,
+    read_body,
+    request_headers,
+)
 from services.durable.store import DurableStore
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 Respond = Callable[[Send, int, Headers, bytes], Awaitable[None]]
 Authenticate = Callable[[Scope], str]
 
-PREFIX = "/streams/"
 TICK_S = 0.5
 """How often each node reads the schedule (leases end and retries start within it)."""
 TICK_BATCH = 64
@@ -190,7 +198,9 @@ class Subscriptions:
                     "Content-Type": "application/jwk-set+json",
                     "Cache-Control": "public, max-age=300",
                 }
-                await self._respond(send, 200, _h(headers), b"" if method == "HEAD" else body)
+                await self._respond(
+                    send, 200, header_list(headers), b"" if method == "HEAD" else body
+                )
                 return None
             if len(rest) < 2 or rest[0] != "subscriptions":
                 raise sl.SubscriptionError(404, "SUBSCRIPTION_NOT_FOUND", "no such control route")
@@ -316,7 +326,7 @@ class Subscriptions:
                 "hash": config.hash(),
                 "config": json.dumps(record),
                 "index": json.dumps(index),
-                "now": _now_ms(),
+                "now": now_ms(),
                 "max_subs": self._settings.ds_max_subscriptions_per_user,
                 "sweep_ms": SWEEP_MS,
             },
@@ -419,7 +429,7 @@ class Subscriptions:
         outcome = await self._call(
             "ds_sub_link",
             keys={"sub": self._keys.ds_sub(sid), "links": self._keys.ds_sub_links(sid)},
-            args={"prefix": self._keys.ds_prefix(sid), "now": _now_ms(), "max_links": limit},
+            args={"prefix": self._keys.ds_prefix(sid), "now": now_ms(), "max_links": limit},
             rest=adding,
         )
         if outcome == "missing":
@@ -456,7 +466,7 @@ class Subscriptions:
                 "prefix": self._keys.ds_prefix(sid),
                 "sid": sid,
                 "worker": worker,
-                "now": _now_ms(),
+                "now": now_ms(),
                 "wake_id": _wake_id(),
                 "sweep_ms": SWEEP_MS,
             },
@@ -492,7 +502,7 @@ class Subscriptions:
     ) -> None:
         """A webhook's callback, or a pull-wake worker's ack or release: authenticated
         by the wake's token alone."""
-        raw = sl.bearer(_headers(scope))
+        raw = sl.bearer(request_headers(scope))
         if raw is None:
             raise sl.SubscriptionError(401, "TOKEN_INVALID", "Authorization: Bearer <token>")
         token = sl.read_token(self._token_key, raw, now_s=time.time())
@@ -508,7 +518,7 @@ class Subscriptions:
             "token_gen": token.generation,
             "gen": request.generation,
             "wake_id": request.wake_id,
-            "now": _now_ms(),
+            "now": now_ms(),
             "new_wake_id": _wake_id(),
             "hold_ms": self._hold_ms,
             "sweep_ms": SWEEP_MS,
@@ -567,7 +577,7 @@ class Subscriptions:
                     "prefix": self._keys.ds_prefix(subs[0]),
                     "stream": self._store.stream_id(user, path),
                     "before": before,
-                    "now": _now_ms(),
+                    "now": now_ms(),
                     "hold_ms": self._hold_ms,
                     "sweep_ms": SWEEP_MS,
                 },
@@ -593,7 +603,7 @@ class Subscriptions:
 
     async def tick(self) -> None:
         assert self._redis is not None
-        now = _now_ms()
+        now = now_ms()
         buckets = list(self._keys.all_buckets())
         async with self._redis.pipeline(transaction=False) as pipe:
             for bucket in buckets:
@@ -610,7 +620,7 @@ class Subscriptions:
             args={
                 "prefix": self._keys.ds_prefix(sid),
                 "sid": sid,
-                "now": _now_ms(),
+                "now": now_ms(),
                 "wake_id": _wake_id(),
                 "hold_ms": self._hold_ms,
                 "sweep_ms": SWEEP_MS,
@@ -621,7 +631,7 @@ class Subscriptions:
     async def _retry_at(self, sid: str, at_ms: int) -> None:
         """Look at the subscription when its retry is due (sooner than the loop would;
         the loop still does if this node is gone by then)."""
-        await asyncio.sleep(max(0, at_ms - _now_ms()) / 1000)
+        await asyncio.sleep(max(0, at_ms - now_ms()) / 1000)
         try:
             await self._tick_one(sid)
         except (StorageError, RedisError) as exc:
@@ -654,7 +664,7 @@ class Subscriptions:
                         outcome = await self._write_wake_event(delivery)
                 retry_at = 0
                 if outcome == "fail":  # this was attempt `attempts + 1`
-                    retry_at = _now_ms() + sl.retry_delay_ms(int(delivery["attempts"]) + 1)
+                    retry_at = now_ms() + sl.retry_delay_ms(int(delivery["attempts"]) + 1)
                 reply = await self._call(
                     "ds_sub_delivered",
                     keys={"sub": self._keys.ds_sub(sid), "due": self._due(sid)},
@@ -665,7 +675,7 @@ class Subscriptions:
                         "wake_id": delivery["wake_id"],
                         "outcome": outcome,
                         "next_at": retry_at,
-                        "now": _now_ms(),
+                        "now": now_ms(),
                         "new_wake_id": _wake_id(),
                         "hold_ms": self._hold_ms,
                         "sweep_ms": SWEEP_MS,
@@ -780,11 +790,11 @@ class Subscriptions:
         may make it later)."""
         user, root = str(d["user"]), str(d["root"])
         path = sl.full_path(root, str(d["wake_stream"]))
-        event = sl.wake_event(str(d["id"]), str(d["trigger"]), int(d["gen"]), _now_ms())
+        event = sl.wake_event(str(d["id"]), str(d["trigger"]), int(d["gen"]), now_ms())
         result = await self._store.append(
             user,
             path,
-            now_ms=_now_ms(),
+            now_ms=now_ms(),
             media="application/json",
             closing=False,
             stream_seq=None,
@@ -828,26 +838,15 @@ class Subscriptions:
         return json.loads(raw) if raw else None
 
     def _base_url(self, scope: Scope) -> str:
-        return sl.request_base(_headers(scope), self._settings.ds_public_url, PREFIX)
+        return sl.request_base(request_headers(scope), self._settings.ds_public_url, PREFIX)
 
     async def _json_body(self, scope: Scope, receive: Receive) -> object:
-        declared = _headers(scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_CONTROL_BODY:
-            raise sl.SubscriptionError(413, "INVALID_REQUEST", "the body is too large")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise sl.invalid("the client went away")
-            part = message.get("body", b"")
-            size += len(part)
-            if size > MAX_CONTROL_BODY:
-                raise sl.SubscriptionError(413, "INVALID_REQUEST", "the body is too large")
-            parts.append(part)
-            if not message.get("more_body", False):
-                break
-        raw = b"".join(parts)
+        try:
+            raw = await read_body(request_headers(scope), receive, MAX_CONTROL_BODY)
+        except BodyTooLarge:
+            raise sl.SubscriptionError(413, "INVALID_REQUEST", "the body is too large") from None
+        except BodyCut:
+            raise sl.invalid("the client went away") from None
         if not raw.strip():
             return {}
         try:
@@ -857,11 +856,11 @@ class Subscriptions:
 
     async def _json(self, send: Send, status: int, value: object, head: bool = False) -> None:
         body = b"" if head else json.dumps(value).encode()
-        await self._respond(send, status, _h(JSON_HEADERS), body)
+        await self._respond(send, status, header_list(JSON_HEADERS), body)
 
     async def _not_allowed(self, send: Send, allow: str) -> None:
         body = sl.SubscriptionError(405, "METHOD_NOT_ALLOWED", "method not allowed").body()
-        headers = _h({**JSON_HEADERS, "Allow": allow})
+        headers = header_list({**JSON_HEADERS, "Allow": allow})
         await self._respond(send, 405, headers, json.dumps(body).encode())
 
 
@@ -914,25 +913,8 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
-
-
-def _h(values: dict[str, str]) -> Headers:
-    return [(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in values.items()]
-
-
 def _wake_id() -> str:
     return "w_" + secrets.token_hex(12)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _iso_now() -> str:

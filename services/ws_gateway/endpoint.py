@@ -19,6 +19,7 @@ from services.common.protocol import (
     session_scope,
     valid_session_id,
 )
+from services.durable.http import PREFIX as STREAMS_PREFIX
 from services.ws_gateway.auth import AuthError, authenticate, token_from_subprotocols
 from services.ws_gateway.connection import Connection
 from services.ws_gateway.context import NodeContext
@@ -28,9 +29,6 @@ log = logging.getLogger(__name__)
 
 
 CHAT_PATH = "/ws/chat"
-#: Durable Streams (services/durable/server.py), also outside FastAPI's stack: its live
-#: reads are long and its headers are the protocol's.
-STREAMS_PREFIX = "/streams/"
 
 
 class ChatFastPath:
@@ -50,6 +48,8 @@ class ChatFastPath:
         if scope["type"] == "websocket" and scope["path"] == CHAT_PATH:
             await chat(WebSocket(scope, receive, send))
             return
+        # Durable Streams (services/durable/server.py), also outside FastAPI's stack: its
+        # live reads are long and its headers are the protocol's.
         if scope["type"] == "http" and scope["path"].startswith(STREAMS_PREFIX):
             await scope["state"]["durable"](scope, receive, send)
             return

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from services.common.keys import Keys
 from services.durable.protocol import Producer
-from services.durable.store import DurableStore, Quotas, Stream
+from services.durable.store import DurableStore, Quotas, Snapshot
 
 NOW = 1_800_000_000_000
 
@@ -54,7 +54,7 @@ async def append(s: DurableStore, user: str, path: str, body: bytes, **kw: Any) 
 
 async def text(s: DurableStore, user: str, path: str, now_ms: int = NOW) -> str | None:
     found = await s.read(user, path, now_ms=now_ms, start=0)
-    if not isinstance(found, Stream):
+    if not isinstance(found, Snapshot):
         return None
     return b"".join(e.data for e in found.entries).decode()
 
@@ -150,5 +150,5 @@ async def test_json_streams_count_messages(redis: Redis, keys: Keys, media: str)
     )
     assert status == "created"
     found = await s.read(user, "j", now_ms=NOW, start=1)
-    assert isinstance(found, Stream)
+    assert isinstance(found, Snapshot)
     assert [e.data for e in found.entries] == [b"[2]"] and found.tail == 2
