@@ -3,8 +3,6 @@ prefix, a request's headers, response header lists, and reading a bounded body."
 
 from __future__ import annotations
 
-import time
-
 from starlette.types import Receive, Scope
 
 #: Where the gateways serve durable streams (endpoint.py routes it here).
@@ -38,10 +36,6 @@ def request_headers(scope: Scope) -> dict[str, str]:
 def header_list(values: dict[str, str]) -> Headers:
     """Response headers as ASGI wants them."""
     return [(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in values.items()]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:

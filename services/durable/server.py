@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 import jwt
 from starlette.types import Receive, Scope, Send
 
+from services.common.clock import now_ms
 from services.common.errors import StorageError
 from services.common.message_store import MessageStore
 from services.common.protocol import MessageStatus
@@ -38,7 +39,6 @@ from services.durable.http import (
     BodyTooLarge,
     Headers,
     header_list,
-    now_ms,
     read_body,
     request_headers,
 )

@@ -46,7 +46,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,6 +54,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
+from services.common.clock import now_iso, now_ms
 from services.common.errors import StorageError
 from services.common.keys import Keys
 from services.common.scripts import (
@@ -79,7 +79,6 @@ from services.durable.http import (
     BodyTooLarge,
     Headers,
     header_list,
-    now_ms,
     read_body,
     request_headers,
 )
@@ -918,4 +917,5 @@ def _wake_id() -> str:
 
 
 def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """As the protocol writes times (`…T00:00:00.000Z`)."""
+    return now_iso().replace("+00:00", "Z")
